@@ -1,0 +1,3 @@
+"""faceledger: accountable face search over lawfully sourced galleries."""
+
+__version__ = "0.1.0"

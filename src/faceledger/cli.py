@@ -1,0 +1,342 @@
+"""The ``faceledger`` command: the same services the API uses, as commands."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from faceledger import __version__, errors
+from faceledger.config import Settings
+from faceledger.error_table import mapping_for
+from faceledger.services.container import Services, build_services
+
+F = TypeVar("F", bound=Callable[..., Any])
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class Ctx:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def services(self, create: bool = False) -> Services:
+        return build_services(self.settings, create=create)
+
+
+def _emit(data: object, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=None) if as_json else text)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn domain errors into a one-line message (or JSON) and the table's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return fn(*args, **kwargs)
+        except errors.FaceledgerError as exc:
+            row = mapping_for(exc)
+            if as_json:
+                click.echo(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
+            else:
+                click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+            sys.exit(row.exit_code)
+        except Exception as exc:  # an unexpected fault: one line, details only with -v
+            logging.getLogger("faceledger").debug("unexpected error", exc_info=True)
+            message = f"unexpected {type(exc).__name__} (run with -v for details)"
+            if as_json:
+                click.echo(json.dumps({"error": {"code": "internal", "message": message}}))
+            else:
+                click.echo(f"error [internal]: {message}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.version_option(__version__, prog_name="faceledger")
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="Store folder (default: $FACELEDGER_HOME or ./faceledger-data).")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, verbose: bool) -> None:
+    """Accountable face search over lawfully sourced galleries.
+
+    Every face comes from a declared source with a lawful basis; every search names a
+    purpose and a case and is written to a hash-chained audit log. Candidates are leads
+    for human review, never identifications.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings() if home is None else Settings(home=home)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        click.echo(f"error [config_invalid]: FACELEDGER_{loc.upper()}: {first['msg']}",
+                   err=True)
+        sys.exit(mapping_for(errors.ConfigError("")).exit_code)
+    ctx.obj = Ctx(settings)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handles_errors
+def init(c: Ctx, as_json: bool) -> None:
+    """Create the embedded store (SQLite + vector index) in the home folder."""
+    if (c.settings.home / "faceledger.sqlite3").exists():
+        raise errors.StoreAlreadyInitialised(f"a store already exists at {c.settings.home}")
+    svc = c.services(create=True)
+    count = svc.gallery.index.count()
+    svc.close()
+    home = str(c.settings.home.resolve())
+    _emit({"home": home, "templates": count}, as_json, f"initialised faceledger store at {home}")
+
+
+@cli.group()
+def source() -> None:
+    """Declare and list lawful sources of images."""
+
+
+@source.command("add")
+@click.argument("name")
+@click.option("--lawful-basis", required=True,
+              help="consent, contract, legal-obligation, vital-interests, public-task, "
+                   "legitimate-interests, law-enforcement-statute or warrant.")
+@click.option("--basis-ref", required=True, help="Consent id, warrant number, statute...")
+@click.option("--jurisdiction", required=True, help="ISO 3166 code, e.g. GB.")
+@click.option("--retention-days", type=int, required=True)
+@click.option("--purpose", "purposes", multiple=True, required=True,
+              help="An allowed search purpose (repeat for several).")
+@click.option("--supplier", required=True, help="Who supplied the images.")
+@click.option("--description", default="")
+@click.option("--provenance", default="", help="How and when the images were obtained.")
+@json_option
+@pass_ctx
+@handles_errors
+def source_add(c: Ctx, name: str, lawful_basis: str, basis_ref: str, jurisdiction: str,
+               retention_days: int, purposes: tuple[str, ...], supplier: str,
+               description: str, provenance: str, as_json: bool) -> None:
+    """Declare a lawful source NAME."""
+    from faceledger.services.sources import SourceSpec, add_source
+
+    svc = c.services()
+    src = add_source(svc, SourceSpec(name, lawful_basis, basis_ref, jurisdiction,
+                                     retention_days, purposes, supplier, description,
+                                     provenance))
+    _emit({"source": src.name, "id": src.id}, as_json, f"source {src.name} added")
+
+
+@source.command("list")
+@json_option
+@pass_ctx
+@handles_errors
+def source_list(c: Ctx, as_json: bool) -> None:
+    """List sources with their lawful basis and what they hold."""
+    from faceledger.services.sources import list_sources
+
+    rows = list_sources(c.services())
+    data = [{"source": r.source.name, "lawful_basis": r.source.lawful_basis,
+             "basis_ref": r.source.basis_ref, "jurisdiction": r.source.jurisdiction,
+             "retention_days": r.source.retention_days, "purposes": r.source.purposes,
+             "subjects": r.subjects, "templates": r.templates} for r in rows]
+    text = "\n".join(
+        f"{d['source']}\t{d['lawful_basis']} ({d['basis_ref']})\t{d['jurisdiction']}\t"
+        f"{d['subjects']} subjects\t{d['templates']} templates" for d in data) or "no sources"
+    _emit(data, as_json, text)
+
+
+@cli.command()
+@click.argument("source_name", metavar="SOURCE")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@json_option
+@pass_ctx
+@handles_errors
+def enroll(c: Ctx, source_name: str, path: Path, as_json: bool) -> None:
+    """Enrol PATH (a folder of <subject-ref>/<images>, or a CSV/JSONL manifest) into SOURCE.
+
+    Re-running is safe: images already held are reported as duplicates.
+    """
+    from faceledger.services.enrol import ItemResult, enrol
+
+    def progress(r: ItemResult) -> None:
+        if not as_json:
+            extra = f" [{r.code}] {r.reason}" if r.code else ""
+            click.echo(f"{r.status:9} {r.label}{extra}")
+
+    report = enrol(c.services(), source_name, path, progress)
+    counts = report.counts()
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    _emit({"source": report.source, "counts": counts,
+           "items": [i.as_dict() for i in report.items]}, as_json, summary)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise errors.InvalidRequest(f"cannot read {path}: {exc}") from exc
+
+
+@cli.command()
+@click.argument("photo", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--purpose", required=True, help="Why you search (must be allowed by a source).")
+@click.option("--case", "case_ref", required=True, help="Case reference for the audit log.")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=None)
+@click.option("--face", "face_index", type=int, default=None,
+              help="Search only this face (0 = largest); default: every face.")
+@json_option
+@pass_ctx
+@handles_errors
+def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
+           face_index: int | None, as_json: bool) -> None:
+    """Search the gallery for the faces in PHOTO (1:N). Empty list = no one matched."""
+    from faceledger.services.search import search as run_search
+
+    result = run_search(c.services(), _read(photo), purpose=purpose, case=case_ref,
+                        top_k=top_k, face_index=face_index)
+    lines = []
+    if not result.faces:
+        lines.append("no face found in the photo")
+    for n, fr in enumerate(result.faces):
+        lines.append(f"face {n} at {fr.face.box.as_list()}:")
+        if not fr.candidates:
+            lines.append("  no one in the gallery above the threshold")
+        for c_ in fr.candidates:
+            lines.append(f"  {c_.score:.3f}  {c_.subject}  (source {c_.source})")
+    lines.append("candidates are leads for human review, not identifications")
+    _emit(result.as_dict(), as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("photo_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("photo_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--purpose", default=None)
+@click.option("--case", "case_ref", default=None)
+@json_option
+@pass_ctx
+@handles_errors
+def verify(c: Ctx, photo_a: Path, photo_b: Path, purpose: str | None, case_ref: str | None,
+           as_json: bool) -> None:
+    """Are the largest faces in PHOTO_A and PHOTO_B the same person? (1:1)"""
+    from faceledger.services.search import verify as run_verify
+
+    r = run_verify(c.services(), _read(photo_a), _read(photo_b), purpose=purpose,
+                   case=case_ref)
+    verdict = "same person" if r.same_person else "different people"
+    _emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold {r.threshold})")
+
+
+@cli.group()
+def subjects() -> None:
+    """What the gallery holds, with provenance."""
+
+
+@subjects.command("list")
+@click.option("--source", "source_name", default=None)
+@json_option
+@pass_ctx
+@handles_errors
+def subjects_list(c: Ctx, source_name: str | None, as_json: bool) -> None:
+    """List enrolled subjects."""
+    from faceledger.services.subjects import list_subjects
+
+    rows = list_subjects(c.services(), source_name)
+    text = "\n".join(f"{r.ref}\t{r.source}\t{r.templates} templates" for r in rows)
+    _emit([r.as_dict() for r in rows], as_json, text or "no subjects")
+
+
+@subjects.command("show")
+@click.argument("ref")
+@json_option
+@pass_ctx
+@handles_errors
+def subjects_show(c: Ctx, ref: str, as_json: bool) -> None:
+    """Show a subject's sources, lawful basis and templates (no biometric data)."""
+    from faceledger.services.subjects import show_subject
+
+    data = show_subject(c.services(), ref)
+    _emit(data, as_json, json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@cli.command()
+@click.option("--subject", "subject_ref", default=None, help="Erase this subject reference.")
+@click.option("--source", "source_name", default=None,
+              help="With --subject: the source holding it. Alone: erase the whole source.")
+@click.option("--jurisdiction", default=None, help="Erase everything from this jurisdiction.")
+@click.option("--reason", required=True, help="Why (recorded in the receipt and audit).")
+@json_option
+@pass_ctx
+@handles_errors
+def erase(c: Ctx, subject_ref: str | None, source_name: str | None,
+          jurisdiction: str | None, reason: str, as_json: bool) -> None:
+    """Erase a subject, a source or a jurisdiction: templates, images and index entries."""
+    from faceledger.services.erasure import erase as run_erase
+
+    svc = c.services()
+    if subject_ref:
+        r = run_erase(svc, "subject", subject_ref, reason=reason, source_name=source_name)
+    elif jurisdiction:
+        r = run_erase(svc, "jurisdiction", jurisdiction, reason=reason)
+    elif source_name:
+        r = run_erase(svc, "source", source_name, reason=reason)
+    else:
+        raise errors.InvalidRequest("name what to erase: --subject, --source or --jurisdiction")
+    _emit(r.as_dict(), as_json,
+          f"erased {r.subjects} subject(s), {r.templates} template(s), {r.images} image(s); "
+          f"receipt {r.receipt_id}")
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@json_option
+@pass_ctx
+@handles_errors
+def audit_verify(c: Ctx, as_json: bool) -> None:
+    """Check the whole chain; name the first broken link (exit code 10 if broken)."""
+    from faceledger.governance.audit import verify as verify_chain
+
+    svc = c.services()
+    with svc.sessions() as session:
+        report = verify_chain(session)
+    if report.first_broken_id is not None:
+        raise errors.AuditChainBroken(
+            f"audit chain broken at event {report.first_broken_id}: {report.problem}",
+            report.first_broken_id)
+    _emit({"ok": True, "events": report.events}, as_json,
+          f"audit chain intact: {report.events} events")
+
+
+@cli.group()
+def index() -> None:
+    """The vector index (always rebuildable from the records)."""
+
+
+@index.command("rebuild")
+@json_option
+@pass_ctx
+@handles_errors
+def index_rebuild(c: Ctx, as_json: bool) -> None:
+    """Rebuild the vector index from the templates in the records store."""
+    n = c.services().gallery.rebuild()
+    _emit({"templates": n}, as_json, f"index rebuilt: {n} templates")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,59 @@
+"""Typed settings, read from ``FACELEDGER_*`` environment variables.
+
+Built only at the edges (``cli.main``, later ``create_app``) and passed down; nothing reads
+the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DetectorName = Literal["hog", "cnn"]
+IndexBackendName = Literal["faiss-flat", "exact"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACELEDGER_", extra="forbid")
+
+    home: Path = Field(default=Path("faceledger-data"), description="Embedded store folder.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in `home`."
+    )
+    index_backend: IndexBackendName = "faiss-flat"
+
+    detector: DetectorName = "hog"
+    upsample: int = Field(default=1, ge=0, le=3, description="Detector upsampling passes.")
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    min_image_side: int = Field(default=32, gt=0)
+    min_face_px: int = Field(default=40, gt=0, description="Enrolment: smallest face side.")
+    min_sharpness: float = Field(default=5.0, ge=0, description="Enrolment: blur floor.")
+    max_pose_asymmetry: float = Field(default=0.8, gt=0, le=1)
+
+    # Similarity = cosine of L2-normalised dlib descriptors. Measured on LFW View 1
+    # development identities (docs/model-card.md): the impostor score exceeds 0.926 with
+    # probability 1e-3 (verify: FMR 0.1%) and 0.941 with probability 1e-4 (search: keeps
+    # the chance that a stranger gets a candidate under ~1% for galleries up to ~100).
+    search_threshold: float = Field(default=0.941, ge=-1, le=1)
+    verify_threshold: float = Field(default=0.926, ge=-1, le=1)
+    top_k: int = Field(default=10, ge=1, le=1000)
+
+    keep_images: bool = Field(default=False, description="Keep original images (off).")
+    workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
+    excluded_jurisdictions: list[str] = Field(default_factory=list)
+    user: str | None = Field(default=None, description="Acting user for the audit log.")
+
+    @field_validator("excluded_jurisdictions")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [j.strip().upper() for j in v if j.strip()]
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'faceledger.sqlite3').resolve()}"

@@ -1,0 +1,167 @@
+"""The domain error tree.
+
+Every error has a stable ``code`` (used in JSON output, audit events and, later, RFC 9457
+problem types). How a code maps to a CLI exit code or an HTTP status lives in one table,
+:mod:`faceledger.error_table`; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class FaceledgerError(Exception):
+    """Base of every error faceledger raises on purpose."""
+
+    code = "faceledger_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- input images -------------------------------------------------------------------------
+class ImageError(FaceledgerError):
+    """An input image was refused before any face work."""
+
+    code = "image_invalid"
+
+
+class EmptyImage(ImageError):
+    code = "image_empty"
+
+
+class UnreadableImage(ImageError):
+    """Not an image at all, or a format Pillow cannot identify."""
+
+    code = "image_unreadable"
+
+
+class TruncatedImage(ImageError):
+    code = "image_truncated"
+
+
+class UnsupportedImageFormat(ImageError):
+    code = "image_format_unsupported"
+
+
+class MultiFrameImage(ImageError):
+    """Animated GIF/WEBP or multi-page TIFF: which frame to use would be a guess."""
+
+    code = "image_multi_frame"
+
+
+class ImageTooLarge(ImageError):
+    """Over the byte cap or the pixel cap (decompression bombs land here)."""
+
+    code = "image_too_large"
+
+
+class ImageTooSmall(ImageError):
+    code = "image_too_small"
+
+
+# --- faces --------------------------------------------------------------------------------
+class FaceError(FaceledgerError):
+    code = "face_error"
+
+
+class NoFaceFound(FaceError):
+    code = "no_face"
+
+
+class FaceRefused(FaceError):
+    """A face was found but cannot be used (reason: several, too_small, blurred, pose)."""
+
+    code = "face_refused"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class EmbeddingSpaceMismatch(FaceError):
+    """Templates from another model/alignment may not be compared with this one."""
+
+    code = "embedding_space_mismatch"
+
+
+# --- models and configuration ---------------------------------------------------------------
+class ConfigError(FaceledgerError):
+    code = "config_invalid"
+
+
+class ModelIntegrityError(FaceledgerError):
+    """Model weights are missing or their SHA-256 does not match the pinned value."""
+
+    code = "model_integrity"
+
+
+class StoreNotInitialised(FaceledgerError):
+    code = "store_not_initialised"
+
+
+class StoreAlreadyInitialised(FaceledgerError):
+    code = "store_exists"
+
+
+# --- gallery records -----------------------------------------------------------------------
+class NotFound(FaceledgerError):
+    code = "not_found"
+
+
+class SourceNotFound(NotFound):
+    code = "source_not_found"
+
+
+class SubjectNotFound(NotFound):
+    code = "subject_not_found"
+
+
+class Conflict(FaceledgerError):
+    code = "conflict"
+
+
+class SourceExists(Conflict):
+    code = "source_exists"
+
+
+class InvalidRequest(FaceledgerError):
+    """A request that breaks a rule of the domain (bad field, bad manifest row...)."""
+
+    code = "invalid_request"
+
+
+class ManifestError(InvalidRequest):
+    code = "manifest_invalid"
+
+
+# --- governance ----------------------------------------------------------------------------
+class PolicyError(FaceledgerError):
+    """The action is forbidden by the gallery's governance rules."""
+
+    code = "policy_denied"
+
+
+class PurposeNotAllowed(PolicyError):
+    code = "purpose_not_allowed"
+
+
+class JurisdictionExcluded(PolicyError):
+    code = "jurisdiction_excluded"
+
+
+class SourceRetired(PolicyError):
+    code = "source_retired"
+
+
+class PreviouslyErased(PolicyError):
+    """The image was erased before; re-enrolling it needs an explicit decision."""
+
+    code = "previously_erased"
+
+
+class AuditChainBroken(FaceledgerError):
+    code = "audit_chain_broken"
+
+    def __init__(self, message: str, event_id: int) -> None:
+        super().__init__(message)
+        self.event_id = event_id

@@ -1,0 +1,1 @@
+"""Governance: the audit chain, erasure, policy checks."""

@@ -1,0 +1,1 @@
+"""Vector indexes behind the :class:`VectorIndex` protocol."""

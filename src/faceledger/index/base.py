@@ -1,0 +1,64 @@
+"""The VectorIndex protocol: what every vector backend must do.
+
+Ids are the records store's template ids (int64). Vectors are unit-length float32, so the
+similarity is the inner product (cosine); higher means more alike. The records store is the
+source of truth: an index can always be rebuilt from it, and ``ids()`` lets the owner check
+that the index and the records agree after a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class Hits:
+    """``ids``/``scores``: shape (n_queries, k); missing hits have id -1, score -inf."""
+
+    ids: NDArray[np.int64]
+    scores: NDArray[np.float32]
+
+
+class VectorIndex(Protocol):
+    dim: int
+
+    def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        """Add vectors (n, dim) under ids (n,); an id already present is an error."""
+        ...
+
+    def remove(self, ids: NDArray[np.int64]) -> int:
+        """Remove ids for real (they can never be returned again); returns how many went."""
+        ...
+
+    def search(self, queries: NDArray[np.float32], k: int) -> Hits:
+        """The k most similar vectors to each query (n, dim), best first."""
+        ...
+
+    def count(self) -> int: ...
+
+    def ids(self) -> NDArray[np.int64]:
+        """Every id held, sorted ascending."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Persist atomically (write a temporary file, fsync, rename)."""
+        ...
+
+
+def empty_hits(n: int, k: int) -> Hits:
+    return Hits(
+        ids=np.full((n, k), -1, dtype=np.int64),
+        scores=np.full((n, k), -np.inf, dtype=np.float32),
+    )
+
+
+def check_vectors(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {arr.shape}")
+    return arr

@@ -1,0 +1,71 @@
+"""Exact brute-force index in NumPy: the reference every other backend is tested against."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from faceledger.index.base import Hits, check_vectors, empty_hits
+
+
+class ExactIndex:
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+
+    def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        vectors = check_vectors(vectors, self.dim)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(vectors):
+            raise ValueError("ids and vectors differ in length")
+        if np.intersect1d(ids, self._ids).size or len(np.unique(ids)) != len(ids):
+            raise ValueError("an id is already in the index")
+        self._ids = np.concatenate([self._ids, ids])
+        self._vectors = np.concatenate([self._vectors, vectors])
+
+    def remove(self, ids: NDArray[np.int64]) -> int:
+        keep = ~np.isin(self._ids, np.asarray(ids, dtype=np.int64))
+        removed = int((~keep).sum())
+        self._ids = self._ids[keep]
+        self._vectors = self._vectors[keep]
+        return removed
+
+    def search(self, queries: NDArray[np.float32], k: int) -> Hits:
+        queries = check_vectors(queries, self.dim)
+        hits = empty_hits(len(queries), k)
+        n = len(self._ids)
+        if n == 0 or k <= 0:
+            return hits
+        scores = queries @ self._vectors.T
+        take = min(k, n)
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        for row in range(len(queries)):
+            order = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
+            hits.ids[row, :take] = self._ids[order]
+            hits.scores[row, :take] = scores[row, order]
+        return hits
+
+    def count(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> NDArray[np.int64]:
+        return np.sort(self._ids)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, ids=self._ids, vectors=self._vectors)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> ExactIndex:
+        index = cls(dim)
+        with np.load(path) as data:
+            index.add(data["ids"], data["vectors"])
+        return index

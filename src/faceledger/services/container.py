@@ -1,0 +1,116 @@
+"""``build_services(settings)``: the single composition root for the CLI and the API."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from faceledger import errors
+from faceledger.clock import Clock, SystemClock
+from faceledger.config import Settings
+from faceledger.index.factory import BACKENDS
+from faceledger.services.gallery import Gallery
+from faceledger.store.db import make_engine, require_schema, session_factory, upgrade
+from faceledger.store.models import Template
+from faceledger.vision.embed import DlibResNetEmbedder
+from faceledger.vision.imaging import ImageLimits
+from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
+from faceledger.vision.quality import QualityRules
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    return PipelineConfig(
+        detector=settings.detector,
+        upsample=settings.upsample,
+        limits=ImageLimits(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+        ),
+        rules=QualityRules(
+            min_face_px=settings.min_face_px,
+            min_sharpness=settings.min_sharpness,
+            max_pose_asymmetry=settings.max_pose_asymmetry,
+        ),
+    )
+
+
+@dataclass
+class Services:
+    """Everything a use case needs. Heavy parts (models, index) load on first use."""
+
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    sessions: sessionmaker[Session]
+    actor: str
+    space: str = DlibResNetEmbedder.space
+    dim: int = DlibResNetEmbedder.dim
+    _pipeline: FacePipeline | None = field(default=None, repr=False)
+    _gallery: Gallery | None = field(default=None, repr=False)
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def pipeline(self) -> FacePipeline:
+        if self._pipeline is None:
+            self._pipeline = build_pipeline(pipeline_config(self.settings))
+            if self._pipeline.space != self.space:
+                raise errors.EmbeddingSpaceMismatch(
+                    f"pipeline space {self._pipeline.space} != store space {self.space}")
+        return self._pipeline
+
+    @property
+    def gallery(self) -> Gallery:
+        if self._gallery is None:
+            self.check_single_space()
+            gallery = Gallery(self.home, self.settings.index_backend, self.dim, self.space,
+                              self.sessions)
+            gallery.open()
+            self._gallery = gallery
+        return self._gallery
+
+    def check_single_space(self) -> None:
+        """Refuse to work on a store holding templates of another embedding space."""
+        with self.sessions() as session:
+            others = session.scalars(
+                select(Template.space).where(Template.space != self.space).distinct()
+            ).all()
+        if others:
+            raise errors.EmbeddingSpaceMismatch(
+                f"the store holds templates of embedding space(s) {sorted(others)}; this "
+                f"build embeds into {self.space}. Re-enrol, or use the matching version."
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_services(
+    settings: Settings, clock: Clock | None = None, *, create: bool = False
+) -> Services:
+    """Open (or with ``create``, initialise) the store at ``settings.home``."""
+    if settings.index_backend not in BACKENDS:
+        raise errors.ConfigError(f"unknown index backend {settings.index_backend!r}")
+    home = settings.home
+    if create:
+        home.mkdir(parents=True, exist_ok=True)
+    elif settings.database_url is None and not (home / "faceledger.sqlite3").exists():
+        raise errors.StoreNotInitialised(
+            f"no faceledger store at {home.resolve()}: run `faceledger init` first "
+            "(or set FACELEDGER_HOME)"
+        )
+    engine = make_engine(settings.resolved_database_url)
+    if create:
+        upgrade(engine)
+    else:
+        require_schema(engine)
+    actor = settings.user or getpass.getuser()
+    return Services(settings=settings, clock=clock or SystemClock(), engine=engine,
+                    sessions=session_factory(engine), actor=actor)

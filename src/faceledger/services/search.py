@@ -1,0 +1,198 @@
+"""1:N search and 1:1 verification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import select
+
+from faceledger import errors
+from faceledger.governance import audit
+from faceledger.services.container import Services
+from faceledger.store.models import Source, Subject, Template
+from faceledger.vision.pipeline import Face, StageTimes
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    subject: str
+    display_name: str | None
+    score: float
+    source: str
+    lawful_basis: str
+    basis_ref: str
+    jurisdiction: str
+    template_id: int
+    subject_id: int
+    enrolled_at: datetime
+    expires_at: datetime
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "subject": self.subject, "display_name": self.display_name,
+            "score": round(self.score, 4), "source": self.source,
+            "lawful_basis": self.lawful_basis, "basis_ref": self.basis_ref,
+            "jurisdiction": self.jurisdiction, "template_id": self.template_id,
+            "enrolled_at": self.enrolled_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FaceResult:
+    face: Face
+    candidates: list[Candidate]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"box": self.face.box.as_list(), "quality": self.face.quality.as_dict(),
+                "candidates": [c.as_dict() for c in self.candidates]}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    probe_sha256: str
+    purpose: str
+    case: str
+    threshold: float
+    gallery_size: int
+    faces: list[FaceResult]
+    audit_event_id: int
+    times: StageTimes = field(default_factory=StageTimes)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
+                "case": self.case, "threshold": self.threshold,
+                "gallery_size": self.gallery_size, "probe_sha256": self.probe_sha256,
+                "audit_event": self.audit_event_id,
+                "notice": "candidates are leads for human review, not identifications"}
+
+
+def _eligible_sources(svc: Services, purpose: str) -> dict[int, Source]:
+    with svc.sessions() as session:
+        sources = session.scalars(select(Source)).all()
+    excluded = set(svc.settings.excluded_jurisdictions)
+    allowed = {s.id: s for s in sources if purpose in s.purposes
+               and s.jurisdiction not in excluded}
+    if not allowed:
+        known = sorted({p for s in sources for p in s.purposes})
+        raise errors.PurposeNotAllowed(
+            f"no source in this gallery allows the purpose {purpose!r}"
+            + (f"; allowed purposes: {', '.join(known)}" if known else ""))
+    return allowed
+
+
+def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: int,
+                threshold: float, now: datetime) -> list[Candidate]:
+    gallery = svc.gallery
+    total = gallery.index.count()
+    if total == 0:
+        return []
+    k = min(total, max(50, 5 * top_k))
+    query = face.embedding.reshape(1, -1)
+    while True:
+        hits = gallery.search(query, k)
+        ids = [int(i) for i in hits.ids[0] if i >= 0]
+        scores = {int(i): float(s) for i, s in zip(hits.ids[0], hits.scores[0], strict=True)
+                  if i >= 0}
+        best: dict[int, Candidate] = {}
+        with svc.sessions() as session:
+            rows = session.execute(
+                select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
+                .where(Template.id.in_(ids))).all()
+        # Re-check every hit against the records: erased, expired, out-of-purpose or
+        # other-space templates never reach a candidate list, whatever the index holds.
+        for template, subject in rows:
+            source = sources.get(template.source_id)
+            if source is None or template.expires_at <= now or template.space != svc.space:
+                continue
+            score = scores[template.id]
+            if score < threshold:
+                continue
+            if subject.id not in best or best[subject.id].score < score:
+                best[subject.id] = Candidate(
+                    subject.external_ref, subject.display_name, score, source.name,
+                    source.lawful_basis, source.basis_ref, source.jurisdiction, template.id,
+                    subject.id, template.enrolled_at, template.expires_at)
+        lowest = min(scores.values()) if scores else -1.0
+        if len(best) >= top_k or k >= total or lowest < threshold:
+            break
+        k = min(total, 4 * k)
+    return sorted(best.values(), key=lambda c: -c.score)[:top_k]
+
+
+def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | None = None,
+           face_index: int | None = None) -> SearchResult:
+    purpose = purpose.strip().lower()
+    case = case.strip()
+    if not case:
+        raise errors.InvalidRequest("a case reference is required for every search")
+    if not purpose:
+        raise errors.InvalidRequest("a purpose is required for every search")
+    sources = _eligible_sources(svc, purpose)
+    top_k = top_k or svc.settings.top_k
+    threshold = svc.settings.search_threshold
+    times = StageTimes()
+    image = svc.pipeline.decode(data, times)
+    faces = svc.pipeline.faces(image, times)
+    if face_index is not None:
+        if not 0 <= face_index < len(faces):
+            raise errors.InvalidRequest(
+                f"face {face_index} requested, but the probe has {len(faces)} face(s)")
+        faces = [faces[face_index]]
+    now = svc.clock.now()
+    with times.stage("search"):
+        results = [FaceResult(f, _candidates(svc, f, sources, top_k, threshold, now))
+                   for f in faces]
+    gallery_size = svc.gallery.index.count()
+    with svc.sessions.begin() as session:
+        event = audit.append(session, at=now, actor=svc.actor, action="search", details={
+            "purpose": purpose, "case": case, "probe_sha256": image.sha256,
+            "faces": len(faces), "threshold": threshold, "top_k": top_k,
+            "gallery_size": gallery_size,
+            "candidates": [[{"subject_id": c.subject_id, "template_id": c.template_id,
+                             "score": round(c.score, 4)} for c in r.candidates]
+                           for r in results],
+        })
+        event_id = event.id
+    return SearchResult(image.sha256, purpose, case, threshold, gallery_size, results,
+                        event_id, times)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    score: float
+    same_person: bool
+    threshold: float
+    boxes: tuple[list[int], list[int]]
+    audit_event_id: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"score": round(self.score, 4), "same_person": self.same_person,
+                "threshold": self.threshold, "boxes": list(self.boxes),
+                "audit_event": self.audit_event_id}
+
+
+def _largest_face(svc: Services, data: bytes, label: str) -> tuple[Face, str]:
+    image = svc.pipeline.decode(data)
+    faces = svc.pipeline.faces(image)
+    if not faces:
+        raise errors.NoFaceFound(f"no face found in {label}")
+    return faces[0], image.sha256
+
+
+def verify(svc: Services, data_a: bytes, data_b: bytes, *, purpose: str | None = None,
+           case: str | None = None) -> VerifyResult:
+    face_a, sha_a = _largest_face(svc, data_a, "the first image")
+    face_b, sha_b = _largest_face(svc, data_b, "the second image")
+    score = float(np.dot(face_a.embedding, face_b.embedding))
+    threshold = svc.settings.verify_threshold
+    same = score >= threshold
+    with svc.sessions.begin() as session:
+        event = audit.append(session, at=svc.clock.now(), actor=svc.actor, action="verify",
+                             details={"image_sha256": [sha_a, sha_b], "score": round(score, 4),
+                                      "same_person": same, "purpose": purpose, "case": case})
+        event_id = event.id
+    return VerifyResult(score, same, threshold, (face_a.box.as_list(), face_b.box.as_list()),
+                        event_id)

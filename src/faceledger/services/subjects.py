@@ -1,0 +1,64 @@
+"""What the gallery holds about subjects, with provenance (no biometric data shown)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from faceledger import errors
+from faceledger.services.container import Services
+from faceledger.store.models import Source, Subject, Template
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRow:
+    ref: str
+    display_name: str | None
+    source: str
+    templates: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"subject": self.ref, "display_name": self.display_name,
+                "source": self.source, "templates": self.templates}
+
+
+def list_subjects(svc: Services, source: str | None = None) -> list[SubjectRow]:
+    with svc.sessions() as session:
+        query = (select(Subject.external_ref, Subject.display_name, Source.name,
+                        func.count(Template.id))
+                 .join(Source, Subject.source_id == Source.id)
+                 .outerjoin(Template, Template.subject_id == Subject.id)
+                 .group_by(Subject.id, Source.name)
+                 .order_by(Source.name, Subject.external_ref))
+        if source:
+            query = query.where(Source.name == source)
+        return [SubjectRow(*row) for row in session.execute(query)]
+
+
+def show_subject(svc: Services, ref: str) -> list[dict[str, object]]:
+    with svc.sessions() as session:
+        rows = session.execute(
+            select(Subject, Source).join(Source, Subject.source_id == Source.id)
+            .where(Subject.external_ref == ref)).all()
+        if not rows:
+            raise errors.SubjectNotFound(f"no subject with reference {ref!r}")
+        out: list[dict[str, object]] = []
+        for subject, source in rows:
+            templates = session.scalars(
+                select(Template).where(Template.subject_id == subject.id)
+                .order_by(Template.id)).all()
+            out.append({
+                "subject": subject.external_ref, "display_name": subject.display_name,
+                "source": {"name": source.name, "supplier": source.supplier,
+                           "lawful_basis": source.lawful_basis, "basis_ref": source.basis_ref,
+                           "jurisdiction": source.jurisdiction,
+                           "retention_days": source.retention_days,
+                           "purposes": source.purposes},
+                "templates": [{"id": t.id, "image": t.image_name,
+                               "image_sha256": t.image_sha256, "space": t.space,
+                               "box": t.box, "quality": t.quality,
+                               "enrolled_at": t.enrolled_at.isoformat(),
+                               "expires_at": t.expires_at.isoformat()} for t in templates],
+            })
+    return out

@@ -1,0 +1,1 @@
+"""Records store: SQLAlchemy 2 tables, sessions and Alembic migrations."""

@@ -1,0 +1,136 @@
+"""Tables of the records store (the source of truth; the vector index derives from it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: use an aware UTC datetime (the Clock's)")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            from datetime import UTC
+
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Source(Base):
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    supplier: Mapped[str] = mapped_column(String(200))
+    provenance: Mapped[str] = mapped_column(Text, default="")
+    lawful_basis: Mapped[str] = mapped_column(String(64))
+    basis_ref: Mapped[str] = mapped_column(String(500))
+    jurisdiction: Mapped[str] = mapped_column(String(8))
+    retention_days: Mapped[int] = mapped_column(Integer)
+    purposes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class Subject(Base):
+    __tablename__ = "subjects"
+    __table_args__ = (UniqueConstraint("source_id", "external_ref"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="RESTRICT"))
+    external_ref: Mapped[str] = mapped_column(String(200))
+    display_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    source: Mapped[Source] = relationship()
+    templates: Mapped[list[Template]] = relationship(
+        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Template(Base):
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("source_id", "image_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="RESTRICT"))
+    space: Mapped[str] = mapped_column(String(200))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    box: Mapped[list[int]] = mapped_column(JSON)
+    quality: Mapped[dict[str, float]] = mapped_column(JSON)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_name: Mapped[str] = mapped_column(String(500))
+    stored_image: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    subject: Mapped[Subject] = relationship(back_populates="templates")
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained. ``hash`` = SHA-256 over prev_hash + canonical content."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class ErasureReceipt(Base):
+    """Proof an erasure happened. No biometric data, no names: refs are SHA-256 hashed."""
+
+    __tablename__ = "erasure_receipts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(32))
+    target_hash: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    removed: Mapped[dict[str, int]] = mapped_column(JSON)
+
+
+class Tombstone(Base):
+    """An erased image's content hash, so a re-run of an old manifest cannot re-enrol it."""
+
+    __tablename__ = "tombstones"
+
+    image_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    receipt_id: Mapped[int] = mapped_column(ForeignKey("erasure_receipts.id"))

@@ -1,0 +1,1 @@
+"""Decode, detect, align, assess quality and embed faces."""

@@ -1,0 +1,136 @@
+"""decode -> detect -> align -> quality -> embed, as one object built from settings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from faceledger import errors
+from faceledger.vision.align import FivePointAligner
+from faceledger.vision.detect import CnnDetector, FaceDetector, HogDetector
+from faceledger.vision.embed import DlibResNetEmbedder, FaceEmbedder
+from faceledger.vision.imaging import DecodedImage, ImageLimits, decode_image
+from faceledger.vision.models import ModelFile, verified_model
+from faceledger.vision.quality import QualityRules, measure
+from faceledger.vision.types import Box, Embedding, Quality
+
+# A second usable face must be at most this fraction of the largest one's area for the
+# largest to count as "the" face of an enrolment photo (background faces are tolerated).
+DOMINANCE_RATIO = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    box: Box
+    confidence: float
+    quality: Quality
+    refusal: str | None
+    embedding: Embedding
+
+
+@dataclass(slots=True)
+class StageTimes:
+    """Seconds spent per stage, accumulated (for benchmarks)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    detector: str = "hog"
+    upsample: int = 1
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    rules: QualityRules = field(default_factory=QualityRules)
+
+
+class FacePipeline:
+    def __init__(
+        self,
+        detector: FaceDetector,
+        aligner: FivePointAligner,
+        embedder: FaceEmbedder,
+        config: PipelineConfig,
+    ) -> None:
+        self.detector = detector
+        self.aligner = aligner
+        self.embedder = embedder
+        self.config = config
+
+    @property
+    def space(self) -> str:
+        return self.embedder.space
+
+    def decode(self, data: bytes, times: StageTimes | None = None) -> DecodedImage:
+        times = times or StageTimes()
+        with times.stage("decode"):
+            return decode_image(data, self.config.limits)
+
+    def faces(self, image: DecodedImage, times: StageTimes | None = None) -> list[Face]:
+        """Every detected face, largest first, each with quality, refusal reason, embedding."""
+        times = times or StageTimes()
+        with times.stage("detect"):
+            detections = self.detector.detect(image.pixels)
+        if not detections:
+            return []
+        with times.stage("landmarks"):
+            aligned = [self.aligner.align(image.pixels, d.box) for d in detections]
+        with times.stage("embed"):
+            vectors = self.embedder.embed([a.chip for a in aligned])
+        result = []
+        for det, al, vec in zip(detections, aligned, vectors, strict=True):
+            box = det.box.clipped(image.width, image.height)
+            quality = measure(det.box, al)
+            refusal = self.config.rules.refusal(quality)
+            result.append(Face(box, det.confidence, quality, refusal, vec))
+        result.sort(key=lambda f: f.box.area, reverse=True)
+        return result
+
+    def enrolment_face(self, image: DecodedImage, times: StageTimes | None = None) -> Face:
+        """The one usable face of an enrolment photo, or a typed refusal with its reason."""
+        faces = self.faces(image, times)
+        if not faces:
+            raise errors.NoFaceFound("no face found in the image")
+        usable = [f for f in faces if f.refusal is None]
+        if not usable:
+            worst = faces[0]
+            raise errors.FaceRefused(
+                f"the face is not usable for enrolment: {worst.refusal} "
+                f"({_describe(worst.quality)})",
+                reason=worst.refusal or "unknown",
+            )
+        if len(usable) > 1 and usable[1].box.area > DOMINANCE_RATIO * usable[0].box.area:
+            raise errors.FaceRefused(
+                f"{len(usable)} usable faces of similar size; an enrolment photo needs one",
+                reason="several",
+            )
+        return usable[0]
+
+
+def _describe(q: Quality) -> str:
+    return (
+        f"face {q.face_px}px, sharpness {q.sharpness:.0f}, pose asymmetry {q.pose_asymmetry:.2f}"
+    )
+
+
+def build_pipeline(config: PipelineConfig) -> FacePipeline:
+    """Load (and SHA-256 check) the weights and build the pipeline. Slow: call once."""
+    detector: FaceDetector
+    if config.detector == "hog":
+        detector = HogDetector(config.upsample)
+    elif config.detector == "cnn":
+        detector = CnnDetector(verified_model(ModelFile.MMOD_CNN).path, config.upsample)
+    else:
+        raise errors.ConfigError(f"unknown detector {config.detector!r}; use 'hog' or 'cnn'")
+    aligner = FivePointAligner(verified_model(ModelFile.LANDMARKS_5).path)
+    embedder = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path)
+    return FacePipeline(detector, aligner, embedder, config)

@@ -1,0 +1,253 @@
+"""End to end on the embedded store: enrol LFW identities, search, erase, restart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from faceledger import errors
+from faceledger.services.container import Services
+from faceledger.services.enrol import enrol
+from faceledger.services.erasure import erase
+from faceledger.services.search import search, verify
+from faceledger.store.models import AuditEvent, Template
+from tests.conftest import custody_source, gallery_folder, lfw_people, make_services
+
+N_PEOPLE = 60
+
+
+@pytest.fixture(scope="module")
+def enrolled(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[
+        tuple[Services, list[str], Path]]:
+    base = tmp_path_factory.mktemp("engine")
+    names = lfw_people(lfw, N_PEOPLE)
+    folder = gallery_folder(lfw, names, base / "in")
+    svc = make_services(base / "home")
+    custody_source(svc)
+    report = enrol(svc, "custody", folder)
+    assert report.counts()["invalid"] == 0
+    yield svc, names, base
+    svc.close()
+
+
+def _probe(lfw: Path, name: str, n: int = 2) -> bytes:
+    return (lfw / name / f"{name}_{n:04d}.jpg").read_bytes()
+
+
+def test_enrolment_report_and_records(enrolled: tuple[Services, list[str], Path]) -> None:
+    svc, names, _ = enrolled
+    with svc.sessions() as session:
+        templates = session.scalar(select(func.count()).select_from(Template))
+        enrolled_events = session.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.action == "template.enrolled"))
+    assert templates == enrolled_events
+    assert templates is not None
+    assert templates >= 0.95 * len(names)
+    assert svc.gallery.index.count() == templates
+
+
+def test_rank1_on_a_different_image(enrolled: tuple[Services, list[str], Path],
+                                    lfw: Path) -> None:
+    """Closed-set rank-1: the threshold is lowered so the best candidate always shows."""
+    gallery_svc, names, base = enrolled
+    svc = make_services(base / "home", search_threshold=-1.0)
+    with svc.sessions() as session:
+        held = {r for (r,) in session.execute(
+            select(Template.image_name))}
+    held_names = [n for n in names if f"{n}_0001.jpg" in held]
+    correct = 0
+    for name in held_names:
+        res = search(svc, _probe(lfw, name), purpose="investigation", case="T-1", top_k=5)
+        top = res.faces[0].candidates[0].subject if res.faces and res.faces[0].candidates else None
+        correct += top == name
+    svc.close()
+    assert len(held_names) >= 50
+    assert correct / len(held_names) >= 0.95
+    assert gallery_svc.gallery.index.count() == len(held_names)
+
+
+def test_candidates_carry_provenance(enrolled: tuple[Services, list[str], Path],
+                                     lfw: Path) -> None:
+    svc, names, _ = enrolled
+    res = search(svc, _probe(lfw, names[0], 1), purpose="investigation", case="T-2")
+    cand = res.faces[0].candidates[0]
+    assert cand.subject == names[0]
+    assert cand.score > 0.99  # the enrolled image itself
+    assert (cand.source, cand.lawful_basis, cand.jurisdiction) == (
+        "custody", "law-enforcement-statute", "GB")
+    d = res.as_dict()
+    json.dumps(d)
+    assert d["faces"][0]["candidates"][0]["subject"] == names[0]  # type: ignore[index]
+
+
+def test_strangers_get_empty_lists(enrolled: tuple[Services, list[str], Path],
+                                   lfw: Path) -> None:
+    """People held out of the gallery: most must get no candidate at all."""
+    svc, names, _ = enrolled
+    strangers = lfw_people(lfw, 30, min_images=1, skip=3000)
+    assert not set(strangers) & set(names)
+    empty = faces = 0
+    for name in strangers:
+        res = search(svc, _probe(lfw, name, 1), purpose="investigation", case="T-3")
+        if res.faces:
+            faces += 1
+            empty += not res.faces[0].candidates
+    assert faces >= 25
+    assert empty / faces >= 0.9
+
+
+def test_negatives_never_crash(enrolled: tuple[Services, list[str], Path], data: Path) -> None:
+    svc, _, _ = enrolled
+    files = sorted((data / "negatives").glob("*.*"))
+    files += sorted((data / "negatives" / "scenes_forest").glob("*.jpg"))[:10]
+    for f in files:
+        res = search(svc, f.read_bytes(), purpose="investigation", case="T-4")
+        for fr in res.faces:
+            assert fr.candidates == [], f.name
+
+
+def test_search_needs_an_allowed_purpose_and_a_case(
+        enrolled: tuple[Services, list[str], Path], lfw: Path) -> None:
+    svc, names, _ = enrolled
+    with pytest.raises(errors.PurposeNotAllowed):
+        search(svc, _probe(lfw, names[0]), purpose="marketing", case="T-5")
+    with pytest.raises(errors.InvalidRequest):
+        search(svc, _probe(lfw, names[0]), purpose="investigation", case="  ")
+
+
+def test_search_is_audited_with_the_probe_hash_only(
+        enrolled: tuple[Services, list[str], Path], lfw: Path) -> None:
+    svc, names, _ = enrolled
+    res = search(svc, _probe(lfw, names[1]), purpose="investigation", case="CASE-77")
+    with svc.sessions() as session:
+        ev = session.get(AuditEvent, res.audit_event_id)
+    assert ev is not None
+    assert ev.action == "search"
+    assert ev.details["case"] == "CASE-77"
+    assert ev.details["probe_sha256"] == res.probe_sha256
+    assert names[1] not in json.dumps(ev.details)  # ids and hashes, no names
+
+
+def test_rerun_is_idempotent(enrolled: tuple[Services, list[str], Path]) -> None:
+    svc, _names, base = enrolled
+    before = svc.gallery.index.count()
+    report = enrol(svc, "custody", base / "in")
+    assert report.counts()["enrolled"] == 0
+    assert report.counts()["duplicate"] == before
+    assert svc.gallery.index.count() == before
+
+
+def test_verify(enrolled: tuple[Services, list[str], Path], lfw: Path) -> None:
+    svc, names, _ = enrolled
+    same = verify(svc, _probe(lfw, names[2], 1), _probe(lfw, names[2], 2))
+    diff = verify(svc, _probe(lfw, names[2], 1), _probe(lfw, names[3], 1))
+    assert same.same_person
+    assert not diff.same_person
+    assert same.score > diff.score
+
+
+def test_erasure_is_complete_and_survives_restart(tmp_path: Path, lfw: Path) -> None:
+    names = lfw_people(lfw, 6)
+    folder = gallery_folder(lfw, names, tmp_path / "in")
+    home = tmp_path / "home"
+    svc = make_services(home, keep_images=True)
+    custody_source(svc)
+    assert enrol(svc, "custody", folder).counts()["enrolled"] == 6
+    target = names[0]
+    probe = _probe(lfw, target, 1)  # the very image that was enrolled
+    assert search(svc, probe, purpose="investigation", case="E").faces[0].candidates[0]\
+        .subject == target
+    with svc.sessions() as session:
+        ids = list(session.scalars(select(Template.id).join(Template.subject).where(
+            Template.image_name == f"{target}_0001.jpg")))
+    assert len(list((home / "images").iterdir())) == 6
+
+    result = erase(svc, "subject", target, reason="subject request SR-1")
+    assert (result.subjects, result.templates, result.images, result.index_entries) == (
+        1, 1, 1, 1)
+
+    def assert_gone(s: Services) -> None:
+        res = search(s, probe, purpose="investigation", case="E")
+        assert all(c.subject != target for f in res.faces for c in f.candidates)
+        assert not np.isin(s.gallery.index.ids(), ids).any()
+        with s.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Template).where(
+                Template.id.in_(ids))) == 0
+        assert len(list((home / "images").iterdir())) == 5
+
+    assert_gone(svc)
+    svc.close()
+    restarted = make_services(home)
+    assert_gone(restarted)
+    # Re-running the old folder does not bring the erased face back.
+    again = enrol(restarted, "custody", folder)
+    refused = [i for i in again.items if i.subject_ref == target]
+    assert refused[0].status == "refused"
+    assert refused[0].code == "previously_erased"
+    assert_gone(restarted)
+    restarted.close()
+
+
+def test_index_is_repaired_from_records_on_open(tmp_path: Path, lfw: Path) -> None:
+    """Simulates a crash between the records commit and the index save."""
+    names = lfw_people(lfw, 4)
+    folder = gallery_folder(lfw, names, tmp_path / "in")
+    home = tmp_path / "home"
+    svc = make_services(home)
+    custody_source(svc)
+    enrol(svc, "custody", folder)
+    full = svc.gallery.index.ids()
+    # An index file from before the batch, and one with an entry the records don't hold.
+    svc.gallery.index.remove(full[:2])
+    svc.gallery.index.add(np.array([9999]), np.ones((1, 128), np.float32) / np.sqrt(128))
+    svc.gallery.save()
+    svc.close()
+    reopened = make_services(home)
+    gallery = reopened.gallery
+    assert (gallery.last_reconcile.added, gallery.last_reconcile.removed) == (2, 1)
+    np.testing.assert_array_equal(gallery.index.ids(), full)
+    reopened.close()
+
+
+def test_excluded_jurisdiction_is_refused(tmp_path: Path, lfw: Path) -> None:
+    svc = make_services(tmp_path / "home", excluded_jurisdictions=["FR"])
+    with pytest.raises(errors.JurisdictionExcluded):
+        custody_source(svc, name="paris", jurisdiction="FR")
+    svc.close()
+
+
+def test_manifest_with_bad_rows(tmp_path: Path, lfw: Path, data: Path) -> None:
+    names = lfw_people(lfw, 3)
+    rows = [
+        {"path": str(lfw / names[0] / f"{names[0]}_0001.jpg"), "subject_ref": "R-1",
+         "display_name": names[0]},
+        {"path": str(lfw / names[1] / f"{names[1]}_0001.jpg"), "subject_ref": ""},
+        {"path": "does/not/exist.jpg", "subject_ref": "R-3"},
+        {"subject_ref": "R-4"},
+        {"path": str(data / "malformed" / "truncated.jpg"), "subject_ref": "R-5"},
+        {"path": str(data / "groups" / "insightface_t1.jpg"), "subject_ref": "R-6"},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    svc = make_services(tmp_path / "home")
+    custody_source(svc)
+    report = enrol(svc, "custody", manifest)
+    by_label = {i.label.split(" (")[0]: i for i in report.items}
+    assert by_label["row 1"].status == "enrolled"
+    assert by_label["row 2"].status == "invalid"
+    assert "empty" in (by_label["row 2"].reason or "")
+    assert by_label["row 3"].status == "invalid"
+    assert "not found" in (
+        by_label["row 3"].reason or "")
+    assert by_label["row 4"].status == "invalid"
+    assert by_label["row 5"].code == "image_truncated"
+    assert by_label["row 6"].code == "several"
+    assert by_label["row 7"].status == "invalid"
+    assert "JSON" in (by_label["row 7"].reason or "")
+    assert report.counts() == {"enrolled": 1, "duplicate": 0, "refused": 2, "invalid": 4}
+    svc.close()

@@ -85,6 +85,22 @@ def test_candidates_carry_provenance(enrolled: tuple[Services, list[str], Path],
     assert d["faces"][0]["candidates"][0]["subject"] == names[0]  # type: ignore[index]
 
 
+def test_candidates_carry_a_calibrated_fpir(enrolled: tuple[Services, list[str], Path],
+                                           lfw: Path) -> None:
+    svc, names, _ = enrolled
+    n = svc.gallery.index.count()
+    res = search(svc, _probe(lfw, names[0], 1), purpose="investigation", case="T-6")
+    assert res.target_fpir == svc.settings.target_fpir
+    assert res.threshold == pytest.approx(svc.calibration.threshold_for_fpir(0.01, n))
+    for face in res.faces:
+        for c in face.candidates:
+            assert c.score >= res.threshold
+            assert 0.0 <= c.fpir <= svc.settings.target_fpir
+            assert c.fpir == pytest.approx(svc.calibration.fpir(c.score, n))
+    # The same score means more in a small gallery than in a large one.
+    assert svc.search_threshold(10 * n) > svc.search_threshold(n) > svc.search_threshold(1)
+
+
 def test_strangers_get_empty_lists(enrolled: tuple[Services, list[str], Path],
                                    lfw: Path) -> None:
     """People held out of the gallery: most must get no candidate at all."""

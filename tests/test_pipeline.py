@@ -65,8 +65,9 @@ def test_lfw_pairs_separate_at_the_default_threshold(pipeline: FacePipeline,
                                                      lfw: Path) -> None:
     """A slice of LFW View 1 DevTest: at least 90% right at the shipped verify threshold."""
     from faceledger.config import Settings
+    from faceledger.governance.calibration import load_calibration
 
-    threshold = Settings().verify_threshold
+    threshold = load_calibration(pipeline.space).score_for_fmr(Settings().target_fmr)
     lines = (lfw / "pairsDevTest.txt").read_text().split("\n")[1:]
     same_lines, diff_lines = lines[:40], lines[500:540]
     correct = total = 0

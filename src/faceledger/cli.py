@@ -215,7 +215,8 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
         if not fr.candidates:
             lines.append("  no one in the gallery above the threshold")
         for c_ in fr.candidates:
-            lines.append(f"  {c_.score:.3f}  {c_.subject}  (source {c_.source})")
+            lines.append(f"  {c_.score:.3f}  {c_.subject}  (source {c_.source}; a stranger "
+                         f"scores this high in this gallery with probability {c_.fpir:.2g})")
     lines.append("candidates are leads for human review, not identifications")
     _emit(result.as_dict(), as_json, "\n".join(lines))
 
@@ -236,7 +237,8 @@ def verify(c: Ctx, photo_a: Path, photo_b: Path, purpose: str | None, case_ref: 
     r = run_verify(c.services(), _read(photo_a), _read(photo_b), purpose=purpose,
                    case=case_ref)
     verdict = "same person" if r.same_person else "different people"
-    _emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold {r.threshold})")
+    _emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold "
+          f"{r.threshold:.3f}; false match rate at this score ~{r.fmr:.2g})")
 
 
 @cli.group()
@@ -336,6 +338,101 @@ def index_rebuild(c: Ctx, as_json: bool) -> None:
     """Rebuild the vector index from the templates in the records store."""
     n = c.services().gallery.rebuild()
     _emit({"templates": n}, as_json, f"index rebuilt: {n} templates")
+
+
+@cli.group("eval")
+def eval_group() -> None:
+    """Measure accuracy with the product's own pipeline (LFW protocols, calibration)."""
+
+
+def _eval_opts(fn: F) -> F:
+    fn = click.option("--images", type=click.Path(exists=True, file_okay=False,
+                                                  path_type=Path), required=True,
+                      help="The LFW folder (<Name>/<Name>_NNNN.jpg).")(fn)
+    fn = click.option("--out", type=click.Path(path_type=Path), default=Path("eval-results"),
+                      show_default=True, help="Folder for JSON results and PNG plots.")(fn)
+    return click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
+                      default=None,
+                      help="Embedding cache folder [default: ~/.cache/faceledger/eval].")(fn)
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    return cache_dir or Path.home() / ".cache" / "faceledger" / "eval"
+
+
+@eval_group.command("lfw-pairs")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="pairsDevTest.txt (View 1) or pairs.txt (View 2, 10-fold).")
+@click.option("--train", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="View 1: pairsDevTrain.txt, where the threshold is chosen.")
+@_eval_opts
+@json_option
+@pass_ctx
+@handles_errors
+def eval_lfw_pairs(c: Ctx, pairs: Path, train: Path | None, images: Path, out: Path,
+                   cache_dir: Path | None, as_json: bool) -> None:
+    """LFW verification: accuracy, TAR at FAR 1% and 0.1%, ROC plot, no-face counts."""
+    from faceledger.eval.runner import lfw_pairs
+    from faceledger.services.container import pipeline_config
+
+    r = lfw_pairs(pairs, train, images, out, _cache(cache_dir), c.settings.workers,
+                  pipeline_config(c.settings))
+    text = (f"{r['protocol']}\naccuracy {r['accuracy']:.4f}"
+            + (f" (+/- {r['accuracy_std']:.4f})" if "accuracy_std" in r else "")
+            + f"\nTAR at FAR 1%: {r['tar_at_far_0.01']:.4f}; at FAR 0.1%: "
+            f"{r['tar_at_far_0.001']:.4f}\nfaces found by {r['faces_found_by']} over "
+            f"{r['images']} images\nROC: {r['roc_png']}\nJSON: {r['json']}")
+    _emit(r, as_json, text)
+
+
+@eval_group.command("lfw-openset")
+@_eval_opts
+@json_option
+@pass_ctx
+@handles_errors
+def eval_lfw_openset(c: Ctx, images: Path, out: Path, cache_dir: Path | None,
+                     as_json: bool) -> None:
+    """Open-set 1:N on protocol lfw-openset-v1: rank-1, FNIR at FPIR, DET, calibration check."""
+    from faceledger.eval.embeddings import build_space_id
+    from faceledger.eval.runner import lfw_openset
+    from faceledger.governance.calibration import load_calibration
+    from faceledger.services.container import pipeline_config
+
+    r = lfw_openset(images, out, _cache(cache_dir), c.settings.workers,
+                    pipeline_config(c.settings),
+                    load_calibration(build_space_id()))
+    lines = [f"gallery {r['gallery_size']}, mated probes {r['mated_probes']}, non-mated "
+             f"{r['nonmated_probes']}", f"rank-1 {r['rank1']:.4f}"]
+    for m, d in r["decision_scores"].items():
+        f = d["fnir_at_fpir"]
+        lines.append(f"{m:6} FNIR at FPIR 1%: {f['0.01']:.4f}; at 0.1%: {f['0.001']:.4f}")
+    for target, chk in r["calibration_check"].items():
+        lines.append(f"calibrated threshold for FPIR {target}: {chk['threshold']:.4f} -> "
+                     f"observed FPIR {chk['observed_fpir']:.4f} (x{chk['ratio']:.2f}), "
+                     f"FNIR {chk['fnir']:.4f}")
+    lines += [f"DET: {r['det_png']}", f"JSON: {r['json']}"]
+    _emit(r, as_json, "\n".join(lines))
+
+
+@eval_group.command("calibrate")
+@_eval_opts
+@click.option("--to", "to_file", type=click.Path(path_type=Path), required=True,
+              help="Calibration JSON to write (the shipped one lives in "
+                   "src/faceledger/governance/calibrations/).")
+@json_option
+@pass_ctx
+@handles_errors
+def eval_calibrate(c: Ctx, images: Path, out: Path, cache_dir: Path | None, to_file: Path,
+                   as_json: bool) -> None:
+    """Fit score -> FMR from impostor pairs of the LFW development identities."""
+    from faceledger.eval.runner import calibrate
+    from faceledger.services.container import pipeline_config
+
+    cal = calibrate(images, to_file, _cache(cache_dir), c.settings.workers,
+                    pipeline_config(c.settings))
+    pts = {f: cal.score_for_fmr(f) for f in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)}
+    _emit({"file": str(to_file), "score_for_fmr": pts, "meta": cal.meta}, as_json,
+          f"wrote {to_file}: " + ", ".join(f"FMR {k:g} at {v:.4f}" for k, v in pts.items()))
 
 
 def main() -> None:

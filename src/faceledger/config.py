@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DetectorName = Literal["hog", "cnn"]
+DetectorName = Literal["hog", "cnn", "hog+cnn"]
 IndexBackendName = Literal["faiss-flat", "exact"]
 
 
@@ -34,12 +34,14 @@ class Settings(BaseSettings):
     min_sharpness: float = Field(default=5.0, ge=0, description="Enrolment: blur floor.")
     max_pose_asymmetry: float = Field(default=0.8, gt=0, le=1)
 
-    # Similarity = cosine of L2-normalised dlib descriptors. Measured on LFW View 1
-    # development identities (docs/model-card.md): the impostor score exceeds 0.926 with
-    # probability 1e-3 (verify: FMR 0.1%) and 0.941 with probability 1e-4 (search: keeps
-    # the chance that a stranger gets a candidate under ~1% for galleries up to ~100).
-    search_threshold: float = Field(default=0.941, ge=-1, le=1)
-    verify_threshold: float = Field(default=0.926, ge=-1, le=1)
+    # Similarity = cosine of L2-normalised descriptors. Thresholds come from the shipped
+    # calibration (score -> false match rate, governance/calibrations/): search keeps the
+    # chance that a stranger gets any candidate at `target_fpir` *for the gallery's current
+    # size*; verify accepts at `target_fmr`. A fixed score threshold overrides either.
+    target_fpir: float = Field(default=0.01, gt=0, lt=1)
+    target_fmr: float = Field(default=0.001, gt=0, lt=1)
+    search_threshold: float | None = Field(default=None, ge=-1, le=1)
+    verify_threshold: float | None = Field(default=None, ge=-1, le=1)
     top_k: int = Field(default=10, ge=1, le=1000)
 
     keep_images: bool = Field(default=False, description="Keep original images (off).")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from faceledger import errors
 from faceledger.clock import Clock, SystemClock
 from faceledger.config import Settings
+from faceledger.governance.calibration import Calibration, load_calibration
 from faceledger.index.factory import BACKENDS
 from faceledger.services.gallery import Gallery
 from faceledger.store.db import make_engine, require_schema, session_factory, upgrade
@@ -52,6 +53,7 @@ class Services:
     dim: int = DlibResNetEmbedder.dim
     _pipeline: FacePipeline | None = field(default=None, repr=False)
     _gallery: Gallery | None = field(default=None, repr=False)
+    _calibration: Calibration | None = field(default=None, repr=False)
 
     @property
     def home(self) -> Path:
@@ -65,6 +67,25 @@ class Services:
                 raise errors.EmbeddingSpaceMismatch(
                     f"pipeline space {self._pipeline.space} != store space {self.space}")
         return self._pipeline
+
+    @property
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            self._calibration = load_calibration(self.space)
+        return self._calibration
+
+    def search_threshold(self, gallery_size: int) -> float:
+        """The score a candidate needs, for the configured target FPIR at this size."""
+        fixed = self.settings.search_threshold
+        if fixed is not None:
+            return fixed
+        return self.calibration.threshold_for_fpir(self.settings.target_fpir, gallery_size)
+
+    def verify_threshold(self) -> float:
+        fixed = self.settings.verify_threshold
+        if fixed is not None:
+            return fixed
+        return self.calibration.score_for_fmr(self.settings.target_fmr)
 
     @property
     def gallery(self) -> Gallery:

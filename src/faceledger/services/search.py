@@ -20,6 +20,7 @@ class Candidate:
     subject: str
     display_name: str | None
     score: float
+    fpir: float
     source: str
     lawful_basis: str
     basis_ref: str
@@ -32,7 +33,8 @@ class Candidate:
     def as_dict(self) -> dict[str, object]:
         return {
             "subject": self.subject, "display_name": self.display_name,
-            "score": round(self.score, 4), "source": self.source,
+            "score": round(self.score, 4), "fpir": float(f"{self.fpir:.3g}"),
+            "source": self.source,
             "lawful_basis": self.lawful_basis, "basis_ref": self.basis_ref,
             "jurisdiction": self.jurisdiction, "template_id": self.template_id,
             "enrolled_at": self.enrolled_at.isoformat(),
@@ -56,6 +58,7 @@ class SearchResult:
     purpose: str
     case: str
     threshold: float
+    target_fpir: float | None
     gallery_size: int
     faces: list[FaceResult]
     audit_event_id: int
@@ -63,7 +66,8 @@ class SearchResult:
 
     def as_dict(self) -> dict[str, object]:
         return {"faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
-                "case": self.case, "threshold": self.threshold,
+                "case": self.case, "threshold": round(self.threshold, 4),
+                "target_fpir": self.target_fpir,
                 "gallery_size": self.gallery_size, "probe_sha256": self.probe_sha256,
                 "audit_event": self.audit_event_id,
                 "notice": "candidates are leads for human review, not identifications"}
@@ -87,6 +91,7 @@ def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: in
                 threshold: float, now: datetime) -> list[Candidate]:
     gallery = svc.gallery
     total = gallery.index.count()
+    calibration = svc.calibration
     if total == 0:
         return []
     k = min(total, max(50, 5 * top_k))
@@ -112,7 +117,8 @@ def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: in
                 continue
             if subject.id not in best or best[subject.id].score < score:
                 best[subject.id] = Candidate(
-                    subject.external_ref, subject.display_name, score, source.name,
+                    subject.external_ref, subject.display_name, score,
+                    calibration.fpir(score, total), source.name,
                     source.lawful_basis, source.basis_ref, source.jurisdiction, template.id,
                     subject.id, template.enrolled_at, template.expires_at)
         lowest = min(scores.values()) if scores else -1.0
@@ -132,7 +138,6 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         raise errors.InvalidRequest("a purpose is required for every search")
     sources = _eligible_sources(svc, purpose)
     top_k = top_k or svc.settings.top_k
-    threshold = svc.settings.search_threshold
     times = StageTimes()
     image = svc.pipeline.decode(data, times)
     faces = svc.pipeline.faces(image, times)
@@ -142,36 +147,40 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
                 f"face {face_index} requested, but the probe has {len(faces)} face(s)")
         faces = [faces[face_index]]
     now = svc.clock.now()
+    gallery_size = svc.gallery.index.count()
+    threshold = svc.search_threshold(gallery_size)
+    target = None if svc.settings.search_threshold is not None else svc.settings.target_fpir
     with times.stage("search"):
         results = [FaceResult(f, _candidates(svc, f, sources, top_k, threshold, now))
                    for f in faces]
-    gallery_size = svc.gallery.index.count()
     with svc.sessions.begin() as session:
         event = audit.append(session, at=now, actor=svc.actor, action="search", details={
             "purpose": purpose, "case": case, "probe_sha256": image.sha256,
-            "faces": len(faces), "threshold": threshold, "top_k": top_k,
+            "faces": len(faces), "threshold": round(threshold, 6), "target_fpir": target,
+            "top_k": top_k,
             "gallery_size": gallery_size,
             "candidates": [[{"subject_id": c.subject_id, "template_id": c.template_id,
                              "score": round(c.score, 4)} for c in r.candidates]
                            for r in results],
         })
         event_id = event.id
-    return SearchResult(image.sha256, purpose, case, threshold, gallery_size, results,
-                        event_id, times)
+    return SearchResult(image.sha256, purpose, case, threshold, target, gallery_size,
+                        results, event_id, times)
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     score: float
+    fmr: float
     same_person: bool
     threshold: float
     boxes: tuple[list[int], list[int]]
     audit_event_id: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"score": round(self.score, 4), "same_person": self.same_person,
-                "threshold": self.threshold, "boxes": list(self.boxes),
-                "audit_event": self.audit_event_id}
+        return {"score": round(self.score, 4), "fmr": float(f"{self.fmr:.3g}"),
+                "same_person": self.same_person, "threshold": round(self.threshold, 4),
+                "boxes": list(self.boxes), "audit_event": self.audit_event_id}
 
 
 def _largest_face(svc: Services, data: bytes, label: str) -> tuple[Face, str]:
@@ -187,12 +196,12 @@ def verify(svc: Services, data_a: bytes, data_b: bytes, *, purpose: str | None =
     face_a, sha_a = _largest_face(svc, data_a, "the first image")
     face_b, sha_b = _largest_face(svc, data_b, "the second image")
     score = float(np.dot(face_a.embedding, face_b.embedding))
-    threshold = svc.settings.verify_threshold
+    threshold = svc.verify_threshold()
     same = score >= threshold
     with svc.sessions.begin() as session:
         event = audit.append(session, at=svc.clock.now(), actor=svc.actor, action="verify",
                              details={"image_sha256": [sha_a, sha_b], "score": round(score, 4),
                                       "same_person": same, "purpose": purpose, "case": case})
         event_id = event.id
-    return VerifyResult(score, same, threshold, (face_a.box.as_list(), face_b.box.as_list()),
-                        event_id)
+    return VerifyResult(score, svc.calibration.fmr(score), same, threshold,
+                        (face_a.box.as_list(), face_b.box.as_list()), event_id)

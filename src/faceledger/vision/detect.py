@@ -53,3 +53,15 @@ class CnnDetector:
     def detect(self, pixels: NDArray[np.uint8]) -> list[Detection]:
         found = self._detector(pixels, self._upsample)
         return [Detection(_box(d.rect), float(d.confidence)) for d in found]
+
+
+class FallbackDetector:
+    """HOG first; only when it finds nothing, the CNN detector (profile and small faces)."""
+
+    def __init__(self, first: FaceDetector, fallback: FaceDetector) -> None:
+        self.name = f"{first.name}+{fallback.name}"
+        self._first = first
+        self._fallback = fallback
+
+    def detect(self, pixels: NDArray[np.uint8]) -> list[Detection]:
+        return self._first.detect(pixels) or self._fallback.detect(pixels)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from faceledger import errors
 from faceledger.vision.align import FivePointAligner
-from faceledger.vision.detect import CnnDetector, FaceDetector, HogDetector
+from faceledger.vision.detect import CnnDetector, FaceDetector, FallbackDetector, HogDetector
 from faceledger.vision.embed import DlibResNetEmbedder, FaceEmbedder
 from faceledger.vision.imaging import DecodedImage, ImageLimits, decode_image
 from faceledger.vision.models import ModelFile, verified_model
@@ -129,8 +129,13 @@ def build_pipeline(config: PipelineConfig) -> FacePipeline:
         detector = HogDetector(config.upsample)
     elif config.detector == "cnn":
         detector = CnnDetector(verified_model(ModelFile.MMOD_CNN).path, config.upsample)
+    elif config.detector == "hog+cnn":
+        detector = FallbackDetector(
+            HogDetector(config.upsample),
+            CnnDetector(verified_model(ModelFile.MMOD_CNN).path, config.upsample))
     else:
-        raise errors.ConfigError(f"unknown detector {config.detector!r}; use 'hog' or 'cnn'")
+        raise errors.ConfigError(
+            f"unknown detector {config.detector!r}; use 'hog', 'cnn' or 'hog+cnn'")
     aligner = FivePointAligner(verified_model(ModelFile.LANDMARKS_5).path)
     embedder = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path)
     return FacePipeline(detector, aligner, embedder, config)

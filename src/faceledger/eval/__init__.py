@@ -1,0 +1,1 @@
+"""Evaluation harness: LFW verification, open-set identification, calibration data."""

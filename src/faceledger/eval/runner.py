@@ -1,0 +1,126 @@
+"""The ``faceledger eval`` commands: run a protocol, write JSON + PNG, return a summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceledger import __version__
+from faceledger.eval import lfw as lfw_eval
+from faceledger.eval import metrics, openset
+from faceledger.eval.embeddings import EmbeddingCache, build_space_id
+from faceledger.eval.plot import Series, line_plot
+from faceledger.governance.calibration import Calibration, fit
+from faceledger.vision.pipeline import PipelineConfig
+
+
+def _provenance(config: PipelineConfig) -> dict[str, Any]:
+    import dlib
+
+    return {"faceledger": __version__, "dlib": dlib.__version__,
+            "dlib_blas": bool(dlib.DLIB_USE_BLAS), "space": build_space_id(),
+            "detector": config.detector, "upsample": config.upsample,
+            "no_face_fallback": "dlib-cnn-mmod", "when": datetime.now(UTC).isoformat(
+                timespec="seconds")}
+
+
+def _write(out: Path, name: str, data: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
+
+
+def _workers(workers: int) -> int:
+    return workers or (os.cpu_count() or 1)
+
+
+def lfw_pairs(pairs: Path, train: Path | None, images: Path, out: Path, cache_dir: Path,
+              workers: int, config: PipelineConfig) -> dict[str, Any]:
+    test = lfw_eval.parse_pairs(pairs)
+    tr = lfw_eval.parse_pairs(train) if train else None
+    rel = [p.a for p in test] + [p.b for p in test]
+    if tr:
+        rel += [p.a for p in tr] + [p.b for p in tr]
+    cache = lfw_eval.cached_embeddings(images, rel, config, cache_dir, _workers(workers))
+    test_scores = lfw_eval.pair_scores(test, cache)
+    train_scores = lfw_eval.pair_scores(tr, cache) if tr else None
+    result = lfw_eval.evaluate(test, test_scores, tr, train_scores)
+    needed = set(rel)
+    at = cache.lookup()
+    how = [str(cache.found_by[at[p]]) for p in sorted(needed)]
+    result["images"] = len(needed)
+    result["faces_found_by"] = {k: how.count(k) for k in ("hog", "cnn", "none")}
+    result["no_face_policy"] = (
+        "HOG found no face -> the CNN detector is tried; if neither finds one, the pair "
+        f"scores {lfw_eval.NO_FACE_SCORE} (a non-match)")
+    result["settings"] = _provenance(config)
+    same = np.array([p.same for p in test])
+    _, far, tar = metrics.roc(test_scores[same], test_scores[~same])
+    png = out / f"roc-{pairs.stem}.png"
+    line_plot(png, [Series("dlib ResNet, cosine", far, tar)], title=f"ROC: {pairs.name}",
+              xlabel="false accept rate", ylabel="true accept rate",
+              x_range=(1e-3, 1.0), y_range=(0.8, 1.0), x_log=True)
+    result["roc_png"] = str(png)
+    result["json"] = str(_write(out, f"lfw-pairs-{pairs.stem}", result))
+    return result
+
+
+def _all_lfw(images: Path, cache_dir: Path, workers: int,
+             config: PipelineConfig) -> EmbeddingCache:
+    rel = [f"{d.name}/{f.name}" for d in sorted(images.iterdir()) if d.is_dir()
+           for f in sorted(d.glob("*.jpg"))]
+    return lfw_eval.cached_embeddings(images, rel, config, cache_dir, _workers(workers))
+
+
+def calibrate(images: Path, out_file: Path, cache_dir: Path, workers: int,
+              config: PipelineConfig) -> Calibration:
+    cache = _all_lfw(images, cache_dir, workers, config)
+    scores, identities, n_images = openset.impostor_scores(images, cache)
+    meta = {"data": "LFW identities of View 1 pairsDevTrain.txt (development only): every "
+                    "pair of images of two different identities",
+            "identities": identities, "images": n_images,
+            "command": "faceledger eval calibrate --images LFW_DIR --to FILE",
+            **_provenance(config)}
+    cal = fit(scores, build_space_id(), meta)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(cal.to_json(), indent=1) + "\n")
+    return cal
+
+
+def lfw_openset(images: Path, out: Path, cache_dir: Path, workers: int,
+                config: PipelineConfig, calibration: Calibration) -> dict[str, Any]:
+    cache = _all_lfw(images, cache_dir, workers, config)
+    protocol = openset.build_protocol(images)
+    r = openset.run(protocol, cache)
+    result: dict[str, Any] = {
+        "protocol": "lfw-openset-v1 (docs/evaluation.md)",
+        "gallery_size": r.gallery_size, "mated_probes": r.mated,
+        "nonmated_probes": r.nonmated, "gallery_images_without_face": r.gallery_no_face,
+        "probes_without_face": r.probes_no_face,
+        "rank1": r.results["raw"].rank1,
+        "decision_scores": {m: {"fnir_at_fpir": {str(k): v for k, v in res.fnir_at.items()},
+                                "thresholds": {str(k): v for k, v in res.thresholds.items()}}
+                            for m, res in r.results.items()},
+    }
+    checks = {}
+    for target in (0.01, 0.001):
+        t = calibration.threshold_for_fpir(target, r.gallery_size)
+        observed = float((r.raw_nonmated >= t).mean())
+        fnir = float(1.0 - (r.rank1_correct & (r.raw_mated >= t)).mean())
+        checks[str(target)] = {"threshold": t, "observed_fpir": observed,
+                               "ratio": observed / target, "fnir": fnir}
+    result["calibration_check"] = checks
+    result["settings"] = _provenance(config)
+    png = out / "det-lfw-openset.png"
+    line_plot(png, [Series(f"{m} score", *r.det[m]) for m in ("raw", "znorm")],
+              title="DET: LFW open-set (lfw-openset-v1)", xlabel="FPIR", ylabel="FNIR",
+              x_range=(1e-3, 1.0), y_range=(1e-2, 1.0), x_log=True, y_log=True)
+    result["det_png"] = str(png)
+    result["json"] = str(_write(out, "lfw-openset", result))
+    return result

@@ -1,0 +1,73 @@
+"""Calibration maths on synthetic impostor scores with a known distribution, and the
+shipped calibration file."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from faceledger import errors
+from faceledger.governance.calibration import Calibration, fit, load_calibration
+from faceledger.vision.embed import DlibResNetEmbedder
+
+
+@pytest.fixture(scope="module")
+def uniform_cal() -> Calibration:
+    # Impostor scores uniform on [0, 1): FMR(s) = 1 - s exactly.
+    rng = np.random.default_rng(0)
+    return fit(rng.random(200_000), "test-space", {"data": "uniform"})
+
+
+def test_fmr_matches_the_known_distribution(uniform_cal: Calibration) -> None:
+    for s in (0.5, 0.9, 0.99, 0.999):
+        assert uniform_cal.fmr(s) == pytest.approx(1 - s, rel=0.1)
+
+
+def test_score_for_fmr_inverts_fmr(uniform_cal: Calibration) -> None:
+    for f in (0.3, 0.01, 0.001):
+        assert uniform_cal.fmr(uniform_cal.score_for_fmr(f)) == pytest.approx(f, rel=0.05)
+
+
+def test_fpir_grows_with_the_gallery(uniform_cal: Calibration) -> None:
+    s = uniform_cal.score_for_fmr(1e-3)
+    assert uniform_cal.fpir(s, 1) == pytest.approx(1e-3, rel=0.05)
+    assert uniform_cal.fpir(s, 1000) == pytest.approx(1 - (1 - 1e-3) ** 1000, rel=0.05)
+    assert uniform_cal.fpir(s, 0) == 0.0
+
+
+def test_threshold_for_fpir(uniform_cal: Calibration) -> None:
+    for n in (1, 10, 100):
+        t = uniform_cal.threshold_for_fpir(0.05, n)
+        assert uniform_cal.fpir(t, n) == pytest.approx(0.05, rel=0.1)
+    # A larger gallery needs a higher threshold for the same FPIR.
+    assert uniform_cal.threshold_for_fpir(0.05, 100) > uniform_cal.threshold_for_fpir(0.05, 10)
+
+
+def test_tail_extrapolates_monotonically(uniform_cal: Calibration) -> None:
+    last = uniform_cal.scores[-1]
+    beyond = [uniform_cal.fmr(last + d) for d in (0.0, 0.001, 0.01, 0.1)]
+    assert all(a >= b for a, b in itertools.pairwise(beyond))
+    assert beyond[-1] > 0
+
+
+def test_bad_targets_are_refused(uniform_cal: Calibration) -> None:
+    with pytest.raises(errors.ConfigError):
+        uniform_cal.threshold_for_fpir(0.0, 10)
+    with pytest.raises(errors.ConfigError):
+        uniform_cal.score_for_fmr(1.5)
+
+
+def test_round_trip_json(uniform_cal: Calibration) -> None:
+    again = Calibration.from_json(uniform_cal.to_json())
+    assert again.fmr(0.95) == pytest.approx(uniform_cal.fmr(0.95), rel=1e-4)
+
+
+def test_shipped_calibration_is_for_the_shipped_space() -> None:
+    cal = load_calibration(DlibResNetEmbedder.space)
+    assert cal.meta["impostor_pairs"] > 1_000_000
+    # Sanity: the measured View 1 figures (FMR 1e-3 near 0.926).
+    assert cal.score_for_fmr(1e-3) == pytest.approx(0.926, abs=0.01)
+    assert math.isclose(cal.fpir(cal.score_for_fmr(1e-4), 1), 1e-4, rel_tol=0.05)

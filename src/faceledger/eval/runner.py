@@ -108,6 +108,9 @@ def lfw_openset(images: Path, out: Path, cache_dir: Path, workers: int,
                                 "thresholds": {str(k): v for k, v in res.thresholds.items()}}
                             for m, res in r.results.items()},
     }
+    result["note"] = (
+        f"with {r.nonmated} non-mated probes the smallest measurable FPIR is "
+        f"{1 / max(r.nonmated, 1):.4f}: figures at a lower FPIR are not estimable here")
     checks = {}
     for target in (0.01, 0.001):
         t = calibration.threshold_for_fpir(target, r.gallery_size)

@@ -47,7 +47,8 @@ T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
 
 def make_services(home: Path, **overrides: object) -> Services:
-    settings = Settings(home=home, workers=1, user="tester", **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {"workers": 1, "user": "tester", **overrides}
+    settings = Settings(home=home, **values)  # type: ignore[arg-type]
     create = not (home / "faceledger.sqlite3").exists()
     return build_services(settings, FixedClock(T0), create=create)
 

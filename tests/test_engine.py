@@ -91,10 +91,13 @@ def test_candidates_carry_a_calibrated_fpir(enrolled: tuple[Services, list[str],
     n = svc.gallery.index.count()
     res = search(svc, _probe(lfw, names[0], 1), purpose="investigation", case="T-6")
     assert res.target_fpir == svc.settings.target_fpir
-    assert res.threshold == pytest.approx(svc.calibration.threshold_for_fpir(0.01, n))
     for face in res.faces:
+        # Under 300 templates the z-normalised score is not calibrated: raw cosine decides.
+        assert face.decision.method == "raw"
+        assert face.decision.threshold == pytest.approx(
+            svc.calibration.threshold_for_fpir(0.01, n))
         for c in face.candidates:
-            assert c.score >= res.threshold
+            assert c.score >= face.decision.threshold
             assert 0.0 <= c.fpir <= svc.settings.target_fpir
             assert c.fpir == pytest.approx(svc.calibration.fpir(c.score, n))
     # The same score means more in a small gallery than in a large one.
@@ -267,3 +270,59 @@ def test_manifest_with_bad_rows(tmp_path: Path, lfw: Path, data: Path) -> None:
     assert "JSON" in (by_label["row 7"].reason or "")
     assert report.counts() == {"enrolled": 1, "duplicate": 0, "refused": 2, "invalid": 4}
     svc.close()
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[
+        tuple[Services, list[str]]]:
+    """A gallery over the z-norm calibration's minimum size (300), enrolled in parallel."""
+    base = tmp_path_factory.mktemp("large")
+    names = lfw_people(lfw, 330, skip=100)
+    folder = gallery_folder(lfw, names, base / "in")
+    svc = make_services(base / "home", workers=2)
+    custody_source(svc)
+    enrol(svc, "custody", folder)
+    yield svc, names
+    svc.close()
+
+
+def test_large_gallery_decides_on_the_normalised_score(large: tuple[Services, list[str]],
+                                                       lfw: Path) -> None:
+    svc, names = large
+    n = svc.gallery.index.count()
+    znorm = svc.calibration.znorm
+    assert znorm is not None
+    assert n >= znorm.min_gallery
+    found = 0
+    for name in names[:40]:
+        res = search(svc, _probe(lfw, name, 2), purpose="investigation", case="Z")
+        face = res.faces[0]
+        assert face.decision.method == "znorm"
+        assert face.decision.threshold == pytest.approx(znorm.threshold(0.01, n))
+        for c in face.candidates:
+            assert c.z is not None
+            assert c.z >= face.decision.threshold
+            assert c.fpir <= 0.01 + 1e-12
+        found += bool(face.candidates) and face.candidates[0].subject == name
+    assert found >= 20  # measured FNIR at FPIR 1% is ~0.41 on LFW
+
+
+def test_large_gallery_rarely_answers_strangers(large: tuple[Services, list[str]],
+                                                lfw: Path) -> None:
+    svc, names = large
+    strangers = lfw_people(lfw, 40, min_images=1, skip=3000)
+    assert not set(strangers) & set(names)
+    answered = 0
+    for name in strangers:
+        res = search(svc, _probe(lfw, name, 1), purpose="investigation", case="Z")
+        answered += any(f.candidates for f in res.faces)
+    assert answered <= 3  # target FPIR 1%; 3 of 40 leaves room for chance
+
+
+def test_raw_decision_can_be_forced(large: tuple[Services, list[str]], lfw: Path,
+                                    tmp_path: Path) -> None:
+    svc, names = large
+    raw = make_services(svc.home, decision_score="raw")
+    res = search(raw, _probe(lfw, names[0], 2), purpose="investigation", case="Z")
+    assert res.faces[0].decision.method == "raw"
+    raw.close()

@@ -211,7 +211,8 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
     if not result.faces:
         lines.append("no face found in the photo")
     for n, fr in enumerate(result.faces):
-        lines.append(f"face {n} at {fr.face.box.as_list()}:")
+        lines.append(f"face {n} at {fr.face.box.as_list()} (decision: {fr.decision.method} "
+                     f">= {fr.decision.threshold:.3f}):")
         if not fr.candidates:
             lines.append("  no one in the gallery above the threshold")
         for c_ in fr.candidates:

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DetectorName = Literal["hog", "cnn", "hog+cnn"]
 IndexBackendName = Literal["faiss-flat", "exact"]
+DecisionScoreName = Literal["auto", "raw"]
 
 
 class Settings(BaseSettings):
@@ -41,6 +42,10 @@ class Settings(BaseSettings):
     target_fpir: float = Field(default=0.01, gt=0, lt=1)
     target_fmr: float = Field(default=0.001, gt=0, lt=1)
     search_threshold: float | None = Field(default=None, ge=-1, le=1)
+    # auto: from `znorm` calibration's minimum gallery size (300) up, decide on the score
+    # standardised against the probe's 100 runners-up (FNIR at FPIR 1% 0.60 -> 0.41 on
+    # LFW); below it, or with `raw`, on the calibrated cosine score.
+    decision_score: DecisionScoreName = "auto"
     verify_threshold: float | None = Field(default=None, ge=-1, le=1)
     top_k: int = Field(default=10, ge=1, le=1000)
 

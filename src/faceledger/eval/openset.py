@@ -96,6 +96,8 @@ class OpenSetRun:
     det: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
     raw_nonmated: NDArray[np.float64]
     raw_mated: NDArray[np.float64]
+    z_nonmated: NDArray[np.float64]
+    z_mated: NDArray[np.float64]
     rank1_correct: NDArray[np.bool_]
 
 
@@ -118,7 +120,7 @@ def run(protocol: Protocol, cache: EmbeddingCache) -> OpenSetRun:
     truth = np.array([who for _, who in mated])
     correct = (g_ids[best] == truth) & m_has
     results, det = {}, {}
-    raw_m = raw_n = np.zeros(0)
+    raw_m = raw_n = z_m = z_n = np.zeros(0)
     for method in ("raw", "znorm"):
         ms = decision_scores(m_scores, method)
         ns = decision_scores(n_scores, method)
@@ -126,12 +128,55 @@ def run(protocol: Protocol, cache: EmbeddingCache) -> OpenSetRun:
         ns[~n_has] = -np.inf
         if method == "raw":
             raw_m, raw_n = ms, ns
+        else:
+            z_m, z_n = ms, ns
         results[method] = metrics.open_set(correct, ms, ns)
         det[method] = metrics.det_curve(correct, ms, ns)
     return OpenSetRun(len(gal), len(mated), len(protocol.nonmated),
                       len(protocol.gallery) - len(gal),
                       int((~m_has).sum() + (~n_has).sum()), results, det, raw_n, raw_m,
-                      correct)
+                      z_n, z_m, correct)
+
+
+ZNORM_SIZES = (150, 300, 600, 1000, 1700)
+
+
+def nonmated_z_samples(lfw: Path, cache: EmbeddingCache, k: int = ZNORM_K,
+                       sizes: tuple[int, ...] = ZNORM_SIZES, seed: int = 0
+                       ) -> dict[int, NDArray[np.float64]]:
+    """Strangers' best z-normalised scores in simulated galleries of development identities.
+
+    Development identities are split in 5 folds by SHA-256(name); for each fold, galleries
+    of each size are drawn (one image per identity) from the other folds, and every image
+    of the fold's identities is a non-mated probe.
+    """
+    dev = dev_identities(lfw)
+    at = cache.lookup()
+    has: NDArray[np.bool_] = np.asarray(~np.isnan(cache.vectors).any(axis=1), dtype=bool)
+    by: dict[str, list[int]] = {}
+    for p, i in sorted(at.items()):
+        who = str(p).split("/")[0]
+        if who in dev and has[i]:
+            by.setdefault(who, []).append(i)
+    names = sorted(by)
+    rng = np.random.default_rng(seed)
+    out: dict[int, NDArray[np.float64]] = {}
+    for n in sizes:
+        zs = []
+        for fold in range(5):
+            gal = [w for w in names if _fold(w) != fold]
+            probes = [i for w in names if _fold(w) == fold for i in by[w]]
+            pick = rng.choice(len(gal), size=min(n, len(gal)), replace=False)
+            g = cache.vectors[[by[gal[j]][0] for j in pick]]
+            top = np.sort(cache.vectors[probes] @ g.T, axis=1)[:, ::-1].astype(np.float64)
+            rest = top[:, 1:k + 1]
+            zs.append((top[:, 0] - rest.mean(axis=1)) / np.maximum(rest.std(axis=1), 1e-6))
+        out[n] = np.concatenate(zs)
+    return out
+
+
+def _fold(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 5
 
 
 def impostor_scores(lfw: Path, cache: EmbeddingCache) -> tuple[NDArray[np.float64], int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from faceledger.eval import lfw as lfw_eval
 from faceledger.eval import metrics, openset
 from faceledger.eval.embeddings import EmbeddingCache, build_space_id
 from faceledger.eval.plot import Series, line_plot
-from faceledger.governance.calibration import Calibration, fit
+from faceledger.governance.calibration import Calibration, fit, fit_znorm
 from faceledger.vision.pipeline import PipelineConfig
 
 
@@ -88,6 +89,12 @@ def calibrate(images: Path, out_file: Path, cache_dir: Path, workers: int,
             "command": "faceledger eval calibrate --images LFW_DIR --to FILE",
             **_provenance(config)}
     cal = fit(scores, build_space_id(), meta)
+    samples = openset.nonmated_z_samples(images, cache)
+    znorm = fit_znorm(samples, openset.ZNORM_K, min_gallery=300, meta={
+        "data": "strangers' best z-normalised score in simulated galleries of development "
+                "identities (5 folds by SHA-256 of the name; galleries of one image per "
+                "identity; every image of the held fold is a probe)"})
+    cal = dataclasses.replace(cal, znorm=znorm)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(cal.to_json(), indent=1) + "\n")
     return cal
@@ -119,6 +126,15 @@ def lfw_openset(images: Path, out: Path, cache_dir: Path, workers: int,
         checks[str(target)] = {"threshold": t, "observed_fpir": observed,
                                "ratio": observed / target, "fnir": fnir}
     result["calibration_check"] = checks
+    if calibration.znorm is not None and calibration.znorm.applies(r.gallery_size):
+        zchecks = {}
+        for target in (0.01, 0.001):
+            t = calibration.znorm.threshold(target, r.gallery_size)
+            observed = float((r.z_nonmated >= t).mean())
+            fnir = float(1.0 - (r.rank1_correct & (r.z_mated >= t)).mean())
+            zchecks[str(target)] = {"threshold": t, "observed_fpir": observed,
+                                    "ratio": observed / target, "fnir": fnir}
+        result["calibration_check_znorm"] = zchecks
     result["settings"] = _provenance(config)
     png = out / "det-lfw-openset.png"
     line_plot(png, [Series(f"{m} score", *r.det[m]) for m in ("raw", "znorm")],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,89 @@ from faceledger import errors
 FMR_FLOOR = 1e-15
 
 
+def cohort_stats(scores_desc: ArrayLike, k: int) -> tuple[float, float] | None:
+    """Mean and spread of a probe's runners-up: ranks 2..k+1 of its per-subject best
+    scores, sorted best first. None when fewer than ``k`` runners-up exist."""
+    s = np.asarray(scores_desc, dtype=np.float64)
+    cohort = s[1:k + 1]
+    if cohort.size < k:
+        return None
+    return float(cohort.mean()), float(max(cohort.std(), 1e-6))
+
+
+@dataclass(frozen=True, slots=True)
+class ZNormCalibration:
+    """FPIR of the z-normalised decision score ``z = (s - mean) / std`` (runners-up cohort).
+
+    The distribution of a stranger's best z grows slowly with the gallery size N. It is
+    measured by simulation at several N on development identities; for each FPIR level q,
+    the z reaching it is fitted as ``z_q(N) = a_q + b_q ln N`` (extrapolated past the
+    largest simulated gallery: stated in the model card).
+    """
+
+    k: int
+    min_gallery: int
+    levels: tuple[float, ...]  # FPIR levels, descending
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    meta: dict[str, Any]
+
+    def applies(self, gallery_size: int) -> bool:
+        return gallery_size >= self.min_gallery
+
+    def _z_levels(self, gallery_size: int) -> np.ndarray:
+        z = np.asarray(self.a) + np.asarray(self.b) * math.log(max(gallery_size, 1))
+        return np.maximum.accumulate(z)  # rarer level -> higher z, enforced
+
+    def threshold(self, target: float, gallery_size: int) -> float:
+        if not 0 < target < 1:
+            raise errors.ConfigError(f"a target FPIR must be in (0, 1), got {target}")
+        z = self._z_levels(gallery_size)
+        logq = np.log10(np.asarray(self.levels))
+        return float(np.interp(math.log10(target), logq[::-1], z[::-1]))
+
+    def fpir(self, z: float, gallery_size: int) -> float:
+        zl = self._z_levels(gallery_size)
+        logq = np.log10(np.asarray(self.levels))
+        if z >= zl[-1]:  # beyond the rarest level: extend the last segment's slope
+            slope = (logq[-1] - logq[-2]) / max(zl[-1] - zl[-2], 1e-9)
+            return float(max(10.0 ** (logq[-1] + slope * (z - zl[-1])), FMR_FLOOR))
+        return float(min(10.0 ** np.interp(z, zl, logq), 1.0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "min_gallery": self.min_gallery,
+                "levels": list(self.levels), "a": list(self.a), "b": list(self.b),
+                "meta": self.meta}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ZNormCalibration:
+        return cls(int(d["k"]), int(d["min_gallery"]), tuple(d["levels"]), tuple(d["a"]),
+                   tuple(d["b"]), dict(d.get("meta", {})))
+
+
+def fit_znorm(samples: Mapping[int, ArrayLike], k: int, min_gallery: int,
+              meta: dict[str, Any]) -> ZNormCalibration:
+    """Fit from non-mated best-z samples simulated at several gallery sizes."""
+    sizes = sorted(samples)
+    if len(sizes) < 2:
+        raise errors.InvalidRequest("z-norm calibration needs at least two gallery sizes")
+    curves = {n: fit(samples[n], "znorm", {}) for n in sizes}
+    lowest = max(c.fmrs[-1] for c in curves.values())
+    levels = tuple(float(q) for q in np.logspace(np.log10(0.5), np.log10(min(lowest, 1e-3)),
+                                                 40))
+    ln_n = np.log(np.asarray(sizes, dtype=np.float64))
+    a, b = [], []
+    for q in levels:
+        zq = np.asarray([curves[n].score_for_fmr(q) for n in sizes])
+        slope, intercept = np.polyfit(ln_n, zq, 1)
+        a.append(float(intercept))
+        b.append(float(slope))
+    return ZNormCalibration(k, min_gallery, levels, tuple(a), tuple(b),
+                            {**meta, "gallery_sizes": sizes,
+                             "probes_per_size": [int(np.asarray(samples[n]).size)
+                                                 for n in sizes]})
+
+
 @dataclass(frozen=True, slots=True)
 class Calibration:
     space: str
@@ -37,6 +121,7 @@ class Calibration:
     tail_a: float
     tail_b: float  # negative
     meta: dict[str, Any]
+    znorm: ZNormCalibration | None = None
 
     # ----------------------------------------------------------------- score -> rates
     def fmr(self, score: float) -> float:
@@ -82,19 +167,23 @@ class Calibration:
 
     # ----------------------------------------------------------------- persistence
     def to_json(self) -> dict[str, Any]:
-        return {"format": "faceledger-calibration/1", "space": self.space,
-                "points": [[round(s, 6), f] for s, f in zip(self.scores, self.fmrs,
-                                                             strict=True)],
-                "tail": {"a": self.tail_a, "b": self.tail_b}, "meta": self.meta}
+        out: dict[str, Any] = {
+            "format": "faceledger-calibration/1", "space": self.space,
+            "points": [[round(s, 6), f] for s, f in zip(self.scores, self.fmrs, strict=True)],
+            "tail": {"a": self.tail_a, "b": self.tail_b}, "meta": self.meta}
+        if self.znorm is not None:
+            out["znorm"] = self.znorm.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Calibration:
         if data.get("format") != "faceledger-calibration/1":
             raise errors.ConfigError("not a faceledger calibration file")
         points = data["points"]
+        znorm = ZNormCalibration.from_json(data["znorm"]) if "znorm" in data else None
         return cls(data["space"], tuple(float(p[0]) for p in points),
                    tuple(float(p[1]) for p in points), float(data["tail"]["a"]),
-                   float(data["tail"]["b"]), dict(data.get("meta", {})))
+                   float(data["tail"]["b"]), dict(data.get("meta", {})), znorm)
 
 
 def fit(impostor_scores: ArrayLike, space: str, meta: dict[str, Any],

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from faceledger import errors
 from faceledger.governance import audit
+from faceledger.governance.calibration import cohort_stats
 from faceledger.services.container import Services
 from faceledger.store.models import Source, Subject, Template
 from faceledger.vision.pipeline import Face, StageTimes
@@ -21,6 +22,7 @@ class Candidate:
     display_name: str | None
     score: float
     fpir: float
+    z: float | None
     source: str
     lawful_basis: str
     basis_ref: str
@@ -34,7 +36,7 @@ class Candidate:
         return {
             "subject": self.subject, "display_name": self.display_name,
             "score": round(self.score, 4), "fpir": float(f"{self.fpir:.3g}"),
-            "source": self.source,
+            "z": None if self.z is None else round(self.z, 3), "source": self.source,
             "lawful_basis": self.lawful_basis, "basis_ref": self.basis_ref,
             "jurisdiction": self.jurisdiction, "template_id": self.template_id,
             "enrolled_at": self.enrolled_at.isoformat(),
@@ -46,9 +48,12 @@ class Candidate:
 class FaceResult:
     face: Face
     candidates: list[Candidate]
+    decision: Decision
 
     def as_dict(self) -> dict[str, object]:
         return {"box": self.face.box.as_list(), "quality": self.face.quality.as_dict(),
+                "decision": {"method": self.decision.method,
+                             "threshold": round(self.decision.threshold, 4)},
                 "candidates": [c.as_dict() for c in self.candidates]}
 
 
@@ -57,7 +62,6 @@ class SearchResult:
     probe_sha256: str
     purpose: str
     case: str
-    threshold: float
     target_fpir: float | None
     gallery_size: int
     faces: list[FaceResult]
@@ -66,8 +70,7 @@ class SearchResult:
 
     def as_dict(self) -> dict[str, object]:
         return {"faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
-                "case": self.case, "threshold": round(self.threshold, 4),
-                "target_fpir": self.target_fpir,
+                "case": self.case, "target_fpir": self.target_fpir,
                 "gallery_size": self.gallery_size, "probe_sha256": self.probe_sha256,
                 "audit_event": self.audit_event_id,
                 "notice": "candidates are leads for human review, not identifications"}
@@ -87,45 +90,92 @@ def _eligible_sources(svc: Services, purpose: str) -> dict[int, Source]:
     return allowed
 
 
-def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: int,
-                threshold: float, now: datetime) -> list[Candidate]:
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    """A subject's best eligible template for one probe face."""
+
+    score: float
+    template: Template
+    subject: Subject
+    source: Source
+
+
+def _ranked_subjects(svc: Services, face: Face, sources: dict[int, Source], now: datetime,
+                     need: int, floor: float) -> list[_Hit]:
+    """Eligible subjects by their best template score, best first: at least ``need`` of
+    them (or every one), or all of those scoring at least ``floor``."""
     gallery = svc.gallery
     total = gallery.index.count()
-    calibration = svc.calibration
     if total == 0:
         return []
-    k = min(total, max(50, 5 * top_k))
+    k = min(total, max(50, 4 * need))
     query = face.embedding.reshape(1, -1)
     while True:
         hits = gallery.search(query, k)
-        ids = [int(i) for i in hits.ids[0] if i >= 0]
         scores = {int(i): float(s) for i, s in zip(hits.ids[0], hits.scores[0], strict=True)
                   if i >= 0}
-        best: dict[int, Candidate] = {}
         with svc.sessions() as session:
             rows = session.execute(
                 select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
-                .where(Template.id.in_(ids))).all()
+                .where(Template.id.in_(list(scores)))).all()
         # Re-check every hit against the records: erased, expired, out-of-purpose or
         # other-space templates never reach a candidate list, whatever the index holds.
+        best: dict[int, _Hit] = {}
         for template, subject in rows:
             source = sources.get(template.source_id)
             if source is None or template.expires_at <= now or template.space != svc.space:
                 continue
             score = scores[template.id]
-            if score < threshold:
-                continue
             if subject.id not in best or best[subject.id].score < score:
-                best[subject.id] = Candidate(
-                    subject.external_ref, subject.display_name, score,
-                    calibration.fpir(score, total), source.name,
-                    source.lawful_basis, source.basis_ref, source.jurisdiction, template.id,
-                    subject.id, template.enrolled_at, template.expires_at)
+                best[subject.id] = _Hit(score, template, subject, source)
         lowest = min(scores.values()) if scores else -1.0
-        if len(best) >= top_k or k >= total or lowest < threshold:
+        if len(best) >= need or k >= total or lowest < floor:
             break
         k = min(total, 4 * k)
-    return sorted(best.values(), key=lambda c: -c.score)[:top_k]
+    return sorted(best.values(), key=lambda h: -h.score)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How candidates were decided for one face: ``znorm`` (the score standardised against
+    the probe's runners-up in this gallery) or ``raw`` (the cosine score); ``threshold`` is
+    in that decision score's units."""
+
+    method: str
+    threshold: float
+
+
+def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: int,
+                now: datetime, gallery_size: int) -> tuple[list[Candidate], Decision]:
+    cal = svc.calibration
+    znorm = cal.znorm
+    target = svc.settings.target_fpir
+    use_z = (znorm is not None and svc.settings.search_threshold is None
+             and svc.settings.decision_score == "auto" and znorm.applies(gallery_size))
+    raw_threshold = svc.search_threshold(gallery_size)
+    if use_z and znorm is not None:
+        ranked = _ranked_subjects(svc, face, sources, now, znorm.k + 1, -np.inf)
+        stats = cohort_stats([h.score for h in ranked], znorm.k)
+        if stats is not None:
+            mean, std = stats
+            z_threshold = znorm.threshold(target, gallery_size)
+            out = []
+            for h in ranked[:top_k]:
+                z = (h.score - mean) / std
+                if z >= z_threshold:
+                    out.append(_candidate(h, znorm.fpir(z, gallery_size), z))
+            return out, Decision("znorm", z_threshold)
+    ranked = _ranked_subjects(svc, face, sources, now, top_k, raw_threshold)
+    out = [_candidate(h, cal.fpir(h.score, gallery_size), None)
+           for h in ranked[:top_k] if h.score >= raw_threshold]
+    return out, Decision("raw", raw_threshold)
+
+
+def _candidate(h: _Hit, fpir: float, z: float | None) -> Candidate:
+    return Candidate(h.subject.external_ref, h.subject.display_name, h.score, fpir, z,
+                     h.source.name, h.source.lawful_basis, h.source.basis_ref,
+                     h.source.jurisdiction, h.template.id, h.subject.id,
+                     h.template.enrolled_at, h.template.expires_at)
 
 
 def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | None = None,
@@ -148,24 +198,25 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         faces = [faces[face_index]]
     now = svc.clock.now()
     gallery_size = svc.gallery.index.count()
-    threshold = svc.search_threshold(gallery_size)
     target = None if svc.settings.search_threshold is not None else svc.settings.target_fpir
+    results = []
     with times.stage("search"):
-        results = [FaceResult(f, _candidates(svc, f, sources, top_k, threshold, now))
-                   for f in faces]
+        for f in faces:
+            cands, decision = _candidates(svc, f, sources, top_k, now, gallery_size)
+            results.append(FaceResult(f, cands, decision))
     with svc.sessions.begin() as session:
         event = audit.append(session, at=now, actor=svc.actor, action="search", details={
             "purpose": purpose, "case": case, "probe_sha256": image.sha256,
-            "faces": len(faces), "threshold": round(threshold, 6), "target_fpir": target,
-            "top_k": top_k,
+            "faces": len(faces), "target_fpir": target, "top_k": top_k,
+            "decisions": [[r.decision.method, round(r.decision.threshold, 6)] for r in results],
             "gallery_size": gallery_size,
             "candidates": [[{"subject_id": c.subject_id, "template_id": c.template_id,
                              "score": round(c.score, 4)} for c in r.candidates]
                            for r in results],
         })
         event_id = event.id
-    return SearchResult(image.sha256, purpose, case, threshold, target, gallery_size,
-                        results, event_id, times)
+    return SearchResult(image.sha256, purpose, case, target, gallery_size, results,
+                        event_id, times)
 
 
 @dataclass(frozen=True, slots=True)

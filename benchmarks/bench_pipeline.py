@@ -6,6 +6,7 @@ table and writes JSON to benchmarks/results/. Reports medians: the machines are 
     --images N     LFW images for the per-stage timing (default 200)
     --enrol N      identities to enrol for the throughput/latency part (default 300)
     --searches N   probes to time (default 100)
+    --embedder E   dlib+sface, dlib, or all (default all): each is timed in turn
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ def _data() -> Path:
     return Path(os.environ.get("FACELEDGER_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-def stage_times(n: int) -> dict[str, object]:
+def stage_times(n: int, embedder: str) -> dict[str, object]:
+    """Median per-image stage times; for a fused embedder, each model's share too."""
+    from faceledger.vision.embed import FusedEmbedder
     from faceledger.vision.pipeline import PipelineConfig, StageTimes, build_pipeline
 
     lfw = _data() / "lfw"
     files = sorted(lfw.glob("*/*_0001.jpg"))[:n]
-    pipeline = build_pipeline(PipelineConfig())
+    pipeline = build_pipeline(PipelineConfig(embedder=embedder))
+    parts = (pipeline.embedder.parts if isinstance(pipeline.embedder, FusedEmbedder)
+             else [(pipeline.embedder, 1.0)])
     per: dict[str, list[float]] = {}
     faces = 0
     for f in files:
@@ -43,13 +48,21 @@ def stage_times(n: int) -> dict[str, object]:
         faces += len(found)
         for k, v in st.seconds.items():
             per.setdefault(k, []).append(v * 1000)
-        if found:
-            per.setdefault("embed_per_face", []).append(st.seconds["embed"] * 1000 / len(found))
-    return {"images": len(files), "faces": faces,
+        if not found:
+            continue
+        per.setdefault("embed_per_face", []).append(st.seconds["embed"] * 1000 / len(found))
+        dets = pipeline.detector.detect(image.pixels)
+        aligned = [pipeline.aligner.align(image.pixels, d.box) for d in dets]
+        for model, _ in parts:
+            t = time.perf_counter()
+            model.embed(image.pixels, aligned)
+            per.setdefault(f"embed_per_face[{model.space.split('/')[0]}]", []).append(
+                (time.perf_counter() - t) * 1000 / len(aligned))
+    return {"embedder": embedder, "images": len(files), "faces": faces,
             "median_ms": {k: round(statistics.median(v), 2) for k, v in per.items()}}
 
 
-def enrol_and_search(n_enrol: int, n_search: int) -> dict[str, object]:
+def enrol_and_search(n_enrol: int, n_search: int, embedder: str) -> dict[str, object]:
     from faceledger.clock import SystemClock
     from faceledger.config import Settings
     from faceledger.services.container import build_services
@@ -66,8 +79,8 @@ def enrol_and_search(n_enrol: int, n_search: int) -> dict[str, object]:
         for d in people:
             (folder / d.name).mkdir(parents=True)
             (folder / d.name / f"{d.name}_0001.jpg").symlink_to(d / f"{d.name}_0001.jpg")
-        svc = build_services(Settings(home=Path(tmp) / "home", user="bench"), SystemClock(),
-                             create=True)
+        settings = Settings(home=Path(tmp) / "home", user="bench", embedder=embedder)
+        svc = build_services(settings, SystemClock(), create=True)
         add_source(svc, SourceSpec("bench", "consent", "BENCH", "GB", 30, ("investigation",),
                                    "bench"))
         start = time.perf_counter()
@@ -96,16 +109,19 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--enrol", type=int, default=300)
     ap.add_argument("--searches", type=int, default=100)
+    ap.add_argument("--embedder", default="all", choices=["all", "dlib+sface", "dlib"])
     args = ap.parse_args()
+    import cv2
     import dlib
 
+    embedders = ["dlib+sface", "dlib"] if args.embedder == "all" else [args.embedder]
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform(), "dlib": dlib.__version__,
-                    "dlib_blas": bool(dlib.DLIB_USE_BLAS)},
-        "stages": stage_times(args.images),
-        **enrol_and_search(args.enrol, args.searches),
+                    "dlib_blas": bool(dlib.DLIB_USE_BLAS), "opencv": cv2.__version__},
+        "runs": [{"stages": stage_times(args.images, e),
+                  **enrol_and_search(args.enrol, args.searches, e)} for e in embedders],
     }
     print(json.dumps(result, indent=2))
     out_dir = REPO / "benchmarks" / "results"

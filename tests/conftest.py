@@ -40,7 +40,20 @@ def lfw(data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline() -> FacePipeline:
+    """The default pipeline (embedder dlib+sface)."""
     return build_pipeline(PipelineConfig())
+
+
+@pytest.fixture(scope="session")
+def dlib_pipeline() -> FacePipeline:
+    """dlib alone: what the product falls back to without the second model."""
+    return build_pipeline(PipelineConfig(embedder="dlib"))
+
+
+@pytest.fixture(params=["dlib+sface", "dlib"])
+def any_pipeline(request: pytest.FixtureRequest, pipeline: FacePipeline,
+                 dlib_pipeline: FacePipeline) -> FacePipeline:
+    return pipeline if request.param == "dlib+sface" else dlib_pipeline
 
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)

@@ -3,6 +3,7 @@ shipped calibration file."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -11,7 +12,7 @@ import pytest
 
 from faceledger import errors
 from faceledger.governance.calibration import Calibration, fit, load_calibration
-from faceledger.vision.embed import DlibResNetEmbedder
+from faceledger.vision.embedders import EMBEDDERS, embedder_spec
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +66,28 @@ def test_round_trip_json(uniform_cal: Calibration) -> None:
     assert again.fmr(0.95) == pytest.approx(uniform_cal.fmr(0.95), rel=1e-4)
 
 
-def test_shipped_calibration_is_for_the_shipped_space() -> None:
-    cal = load_calibration(DlibResNetEmbedder.space)
+@pytest.mark.parametrize("name", EMBEDDERS)
+def test_shipped_calibration_is_for_the_shipped_space(name: str) -> None:
+    spec = embedder_spec(name)
+    cal = load_calibration(spec.space, spec.calibration_file)
+    assert cal.space == spec.space
+    assert cal.meta["embedder"] == name
     assert cal.meta["impostor_pairs"] > 1_000_000
-    # Sanity: the measured View 1 figures (FMR 1e-3 near 0.926).
-    assert cal.score_for_fmr(1e-3) == pytest.approx(0.926, abs=0.01)
     assert math.isclose(cal.fpir(cal.score_for_fmr(1e-4), 1), 1e-4, rel_tol=0.05)
+    # The decision score is the one that did best on the development simulation.
+    dev = cal.meta["decision_chosen_on"]["fnir_at_fpir_1pct"]
+    assert cal.decision == min(dev, key=dev.get)
+    assert cal.znorm is not None
+
+
+def test_a_calibration_is_refused_for_another_space() -> None:
+    fused, alone = embedder_spec("dlib+sface"), embedder_spec("dlib")
+    with pytest.raises(errors.EmbeddingSpaceMismatch):
+        load_calibration(fused.space, alone.calibration_file)
+
+
+def test_znorm_decision_needs_a_znorm_calibration(uniform_cal: Calibration) -> None:
+    with pytest.raises(errors.ConfigError, match="decision"):
+        dataclasses.replace(uniform_cal, decision="znorm")
+    with pytest.raises(errors.ConfigError, match="decision"):
+        dataclasses.replace(uniform_cal, decision="median")

@@ -138,3 +138,16 @@ def test_kill_during_enrolment_then_resume(home: Path, lfw: Path, tmp_path: Path
     _code, out, _ = _run(home, "index", "rebuild", "--json")
     assert json.loads(out)["templates"] == total
     assert _run(home, "audit", "verify")[0] == 0
+
+
+def test_verify_in_a_fresh_process_prints_only_its_answer(lfw: Path, tmp_path: Path) -> None:
+    """No library chatter (e.g. OpenCV's dnn warnings) reaches the user's terminal."""
+    a, b = (lfw / "Aaron_Peirsol" / f"Aaron_Peirsol_000{n}.jpg" for n in (1, 2))
+    assert _run(tmp_path / "home", "init")[0] == 0
+    env = {**os.environ, "FACELEDGER_HOME": str(tmp_path / "home"),
+           "FACELEDGER_USER": "tester"}
+    done = subprocess.run([sys.executable, "-m", "faceledger", "verify", str(a), str(b),
+                           "--json"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout)["same_person"] is True

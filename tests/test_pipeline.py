@@ -10,7 +10,7 @@ import pytest
 
 from faceledger import errors
 from faceledger.vision.imaging import ImageLimits, decode_image
-from faceledger.vision.models import ModelFile, verified_model
+from faceledger.vision.models import ModelFile, verified_bytes, verified_model
 from faceledger.vision.pipeline import FacePipeline
 
 LIMITS = ImageLimits()
@@ -35,7 +35,7 @@ def test_group_photos_give_several_faces(pipeline: FacePipeline, data: Path, nam
     areas = [f.box.area for f in faces]
     assert areas == sorted(areas, reverse=True)  # largest first
     for f in faces:
-        assert f.embedding.shape == (128,)
+        assert f.embedding.shape == (pipeline.embedder.dim,)
         assert abs(float(np.linalg.norm(f.embedding)) - 1.0) < 1e-4
 
 
@@ -52,22 +52,27 @@ def test_scene_without_people_has_no_face(pipeline: FacePipeline, data: Path) ->
         pipeline.enrolment_face(img)
 
 
-def test_same_and_different_people(pipeline: FacePipeline, data: Path) -> None:
+def test_same_and_different_people(any_pipeline: FacePipeline, data: Path) -> None:
     ids = data / "identities" / "face_recognition"
-    obama = [_embedding(pipeline, ids / f) for f in ("obama.jpg", "obama2.jpg", "obama3.jpg")]
-    biden = _embedding(pipeline, ids / "biden.jpg")
+    obama = [_embedding(any_pipeline, ids / f) for f in ("obama.jpg", "obama2.jpg",
+                                                         "obama3.jpg")]
+    biden = _embedding(any_pipeline, ids / "biden.jpg")
     same = [float(obama[i] @ obama[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
     different = [float(o @ biden) for o in obama]
     assert min(same) > max(different) + 0.05
 
 
-def test_lfw_pairs_separate_at_the_default_threshold(pipeline: FacePipeline,
+def test_lfw_pairs_separate_at_the_default_threshold(any_pipeline: FacePipeline,
                                                      lfw: Path) -> None:
     """A slice of LFW View 1 DevTest: at least 90% right at the shipped verify threshold."""
     from faceledger.config import Settings
     from faceledger.governance.calibration import load_calibration
+    from faceledger.vision.embedders import embedder_spec
 
-    threshold = load_calibration(pipeline.space).score_for_fmr(Settings().target_fmr)
+    pipeline = any_pipeline
+    spec = embedder_spec(pipeline.config.embedder)
+    threshold = load_calibration(spec.space, spec.calibration_file).score_for_fmr(
+        Settings().target_fmr)
     lines = (lfw / "pairsDevTest.txt").read_text().split("\n")[1:]
     same_lines, diff_lines = lines[:40], lines[500:540]
     correct = total = 0
@@ -98,6 +103,16 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
         fh.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(errors.ModelIntegrityError, match="SHA-256"):
         verified_model(ModelFile.LANDMARKS_5, tmp_path)
+
+
+def test_tampered_sface_weights_are_refused(tmp_path: Path) -> None:
+    good = verified_model(ModelFile.SFACE)
+    data = bytearray(good.path.read_bytes())
+    data[5000] ^= 0x01
+    (tmp_path / good.path.name).write_bytes(bytes(data))
+    with pytest.raises(errors.ModelIntegrityError, match="SHA-256"):
+        verified_bytes(ModelFile.SFACE, tmp_path)
+    assert len(verified_bytes(ModelFile.SFACE)) == len(data)
 
 
 def test_missing_weights_are_refused(tmp_path: Path) -> None:

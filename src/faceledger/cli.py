@@ -2,63 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from faceledger import __version__, errors
+from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
+from faceledger.cli_eval import eval_group
 from faceledger.config import Settings
 from faceledger.error_table import mapping_for
-from faceledger.services.container import Services, build_services
-
-F = TypeVar("F", bound=Callable[..., Any])
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-class Ctx:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def services(self, create: bool = False) -> Services:
-        return build_services(self.settings, create=create)
-
-
-def _emit(data: object, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=None) if as_json else text)
-
-
-def handles_errors(fn: F) -> F:
-    """Turn domain errors into a one-line message (or JSON) and the table's exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            return fn(*args, **kwargs)
-        except errors.FaceledgerError as exc:
-            row = mapping_for(exc)
-            if as_json:
-                click.echo(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
-            else:
-                click.echo(f"error [{exc.code}]: {exc.message}", err=True)
-            sys.exit(row.exit_code)
-        except Exception as exc:  # an unexpected fault: one line, details only with -v
-            logging.getLogger("faceledger").debug("unexpected error", exc_info=True)
-            message = f"unexpected {type(exc).__name__} (run with -v for details)"
-            if as_json:
-                click.echo(json.dumps({"error": {"code": "internal", "message": message}}))
-            else:
-                click.echo(f"error [internal]: {message}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group()
@@ -87,9 +43,6 @@ def cli(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     ctx.obj = Ctx(settings)
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
-
-
 @cli.command()
 @json_option
 @pass_ctx
@@ -102,7 +55,7 @@ def init(c: Ctx, as_json: bool) -> None:
     count = svc.gallery.index.count()
     svc.close()
     home = str(c.settings.home.resolve())
-    _emit({"home": home, "templates": count}, as_json, f"initialised faceledger store at {home}")
+    emit({"home": home, "templates": count}, as_json, f"initialised faceledger store at {home}")
 
 
 @cli.group()
@@ -136,7 +89,7 @@ def source_add(c: Ctx, name: str, lawful_basis: str, basis_ref: str, jurisdictio
     src = add_source(svc, SourceSpec(name, lawful_basis, basis_ref, jurisdiction,
                                      retention_days, purposes, supplier, description,
                                      provenance))
-    _emit({"source": src.name, "id": src.id}, as_json, f"source {src.name} added")
+    emit({"source": src.name, "id": src.id}, as_json, f"source {src.name} added")
 
 
 @source.command("list")
@@ -155,7 +108,7 @@ def source_list(c: Ctx, as_json: bool) -> None:
     text = "\n".join(
         f"{d['source']}\t{d['lawful_basis']} ({d['basis_ref']})\t{d['jurisdiction']}\t"
         f"{d['subjects']} subjects\t{d['templates']} templates" for d in data) or "no sources"
-    _emit(data, as_json, text)
+    emit(data, as_json, text)
 
 
 @cli.command()
@@ -179,7 +132,7 @@ def enroll(c: Ctx, source_name: str, path: Path, as_json: bool) -> None:
     report = enrol(c.services(), source_name, path, progress)
     counts = report.counts()
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-    _emit({"source": report.source, "counts": counts,
+    emit({"source": report.source, "counts": counts,
            "items": [i.as_dict() for i in report.items]}, as_json, summary)
 
 
@@ -219,7 +172,7 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
             lines.append(f"  {c_.score:.3f}  {c_.subject}  (source {c_.source}; a stranger "
                          f"scores this high in this gallery with probability {c_.fpir:.2g})")
     lines.append("candidates are leads for human review, not identifications")
-    _emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result.as_dict(), as_json, "\n".join(lines))
 
 
 @cli.command()
@@ -238,7 +191,7 @@ def verify(c: Ctx, photo_a: Path, photo_b: Path, purpose: str | None, case_ref: 
     r = run_verify(c.services(), _read(photo_a), _read(photo_b), purpose=purpose,
                    case=case_ref)
     verdict = "same person" if r.same_person else "different people"
-    _emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold "
+    emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold "
           f"{r.threshold:.3f}; false match rate at this score ~{r.fmr:.2g})")
 
 
@@ -258,7 +211,7 @@ def subjects_list(c: Ctx, source_name: str | None, as_json: bool) -> None:
 
     rows = list_subjects(c.services(), source_name)
     text = "\n".join(f"{r.ref}\t{r.source}\t{r.templates} templates" for r in rows)
-    _emit([r.as_dict() for r in rows], as_json, text or "no subjects")
+    emit([r.as_dict() for r in rows], as_json, text or "no subjects")
 
 
 @subjects.command("show")
@@ -271,7 +224,7 @@ def subjects_show(c: Ctx, ref: str, as_json: bool) -> None:
     from faceledger.services.subjects import show_subject
 
     data = show_subject(c.services(), ref)
-    _emit(data, as_json, json.dumps(data, indent=2, ensure_ascii=False))
+    emit(data, as_json, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 @cli.command()
@@ -297,7 +250,7 @@ def erase(c: Ctx, subject_ref: str | None, source_name: str | None,
         r = run_erase(svc, "source", source_name, reason=reason)
     else:
         raise errors.InvalidRequest("name what to erase: --subject, --source or --jurisdiction")
-    _emit(r.as_dict(), as_json,
+    emit(r.as_dict(), as_json,
           f"erased {r.subjects} subject(s), {r.templates} template(s), {r.images} image(s); "
           f"receipt {r.receipt_id}")
 
@@ -322,7 +275,7 @@ def audit_verify(c: Ctx, as_json: bool) -> None:
         raise errors.AuditChainBroken(
             f"audit chain broken at event {report.first_broken_id}: {report.problem}",
             report.first_broken_id)
-    _emit({"ok": True, "events": report.events}, as_json,
+    emit({"ok": True, "events": report.events}, as_json,
           f"audit chain intact: {report.events} events")
 
 
@@ -338,102 +291,10 @@ def index() -> None:
 def index_rebuild(c: Ctx, as_json: bool) -> None:
     """Rebuild the vector index from the templates in the records store."""
     n = c.services().gallery.rebuild()
-    _emit({"templates": n}, as_json, f"index rebuilt: {n} templates")
+    emit({"templates": n}, as_json, f"index rebuilt: {n} templates")
 
 
-@cli.group("eval")
-def eval_group() -> None:
-    """Measure accuracy with the product's own pipeline (LFW protocols, calibration)."""
-
-
-def _eval_opts(fn: F) -> F:
-    fn = click.option("--images", type=click.Path(exists=True, file_okay=False,
-                                                  path_type=Path), required=True,
-                      help="The LFW folder (<Name>/<Name>_NNNN.jpg).")(fn)
-    fn = click.option("--out", type=click.Path(path_type=Path), default=Path("eval-results"),
-                      show_default=True, help="Folder for JSON results and PNG plots.")(fn)
-    return click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
-                      default=None,
-                      help="Embedding cache folder [default: ~/.cache/faceledger/eval].")(fn)
-
-
-def _cache(cache_dir: Path | None) -> Path:
-    return cache_dir or Path.home() / ".cache" / "faceledger" / "eval"
-
-
-@eval_group.command("lfw-pairs")
-@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="pairsDevTest.txt (View 1) or pairs.txt (View 2, 10-fold).")
-@click.option("--train", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="View 1: pairsDevTrain.txt, where the threshold is chosen.")
-@_eval_opts
-@json_option
-@pass_ctx
-@handles_errors
-def eval_lfw_pairs(c: Ctx, pairs: Path, train: Path | None, images: Path, out: Path,
-                   cache_dir: Path | None, as_json: bool) -> None:
-    """LFW verification: accuracy, TAR at FAR 1% and 0.1%, ROC plot, no-face counts."""
-    from faceledger.eval.runner import lfw_pairs
-    from faceledger.services.container import pipeline_config
-
-    r = lfw_pairs(pairs, train, images, out, _cache(cache_dir), c.settings.workers,
-                  pipeline_config(c.settings))
-    text = (f"{r['protocol']}\naccuracy {r['accuracy']:.4f}"
-            + (f" (+/- {r['accuracy_std']:.4f})" if "accuracy_std" in r else "")
-            + f"\nTAR at FAR 1%: {r['tar_at_far_0.01']:.4f}; at FAR 0.1%: "
-            f"{r['tar_at_far_0.001']:.4f}\nfaces found by {r['faces_found_by']} over "
-            f"{r['images']} images\nROC: {r['roc_png']}\nJSON: {r['json']}")
-    _emit(r, as_json, text)
-
-
-@eval_group.command("lfw-openset")
-@_eval_opts
-@json_option
-@pass_ctx
-@handles_errors
-def eval_lfw_openset(c: Ctx, images: Path, out: Path, cache_dir: Path | None,
-                     as_json: bool) -> None:
-    """Open-set 1:N on protocol lfw-openset-v1: rank-1, FNIR at FPIR, DET, calibration check."""
-    from faceledger.eval.embeddings import build_space_id
-    from faceledger.eval.runner import lfw_openset
-    from faceledger.governance.calibration import load_calibration
-    from faceledger.services.container import pipeline_config
-
-    r = lfw_openset(images, out, _cache(cache_dir), c.settings.workers,
-                    pipeline_config(c.settings),
-                    load_calibration(build_space_id()))
-    lines = [f"gallery {r['gallery_size']}, mated probes {r['mated_probes']}, non-mated "
-             f"{r['nonmated_probes']}", f"rank-1 {r['rank1']:.4f}"]
-    for m, d in r["decision_scores"].items():
-        f = d["fnir_at_fpir"]
-        lines.append(f"{m:6} FNIR at FPIR 1%: {f['0.01']:.4f}; at 0.1%: {f['0.001']:.4f}")
-    for target, chk in r["calibration_check"].items():
-        lines.append(f"calibrated threshold for FPIR {target}: {chk['threshold']:.4f} -> "
-                     f"observed FPIR {chk['observed_fpir']:.4f} (x{chk['ratio']:.2f}), "
-                     f"FNIR {chk['fnir']:.4f}")
-    lines += [f"DET: {r['det_png']}", f"JSON: {r['json']}"]
-    _emit(r, as_json, "\n".join(lines))
-
-
-@eval_group.command("calibrate")
-@_eval_opts
-@click.option("--to", "to_file", type=click.Path(path_type=Path), required=True,
-              help="Calibration JSON to write (the shipped one lives in "
-                   "src/faceledger/governance/calibrations/).")
-@json_option
-@pass_ctx
-@handles_errors
-def eval_calibrate(c: Ctx, images: Path, out: Path, cache_dir: Path | None, to_file: Path,
-                   as_json: bool) -> None:
-    """Fit score -> FMR from impostor pairs of the LFW development identities."""
-    from faceledger.eval.runner import calibrate
-    from faceledger.services.container import pipeline_config
-
-    cal = calibrate(images, to_file, _cache(cache_dir), c.settings.workers,
-                    pipeline_config(c.settings))
-    pts = {f: cal.score_for_fmr(f) for f in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)}
-    _emit({"file": str(to_file), "score_for_fmr": pts, "meta": cal.meta}, as_json,
-          f"wrote {to_file}: " + ", ".join(f"FMR {k:g} at {v:.4f}" for k, v in pts.items()))
+cli.add_command(eval_group)
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from faceledger.vision.embedders import EmbedderName
+
 DetectorName = Literal["hog", "cnn", "hog+cnn"]
 IndexBackendName = Literal["faiss-flat", "exact"]
 DecisionScoreName = Literal["auto", "raw"]
@@ -26,6 +28,10 @@ class Settings(BaseSettings):
     )
     index_backend: IndexBackendName = "faiss-flat"
 
+    embedder: EmbedderName = Field(
+        default="dlib+sface",
+        description="Face model(s): dlib+sface (fused, default) or dlib (dlib alone). A "
+                    "store's templates are all of one; changing it needs a re-enrolment.")
     detector: DetectorName = "hog"
     upsample: int = Field(default=1, ge=0, le=3, description="Detector upsampling passes.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
@@ -42,9 +48,10 @@ class Settings(BaseSettings):
     target_fpir: float = Field(default=0.01, gt=0, lt=1)
     target_fmr: float = Field(default=0.001, gt=0, lt=1)
     search_threshold: float | None = Field(default=None, ge=-1, le=1)
-    # auto: from `znorm` calibration's minimum gallery size (300) up, decide on the score
-    # standardised against the probe's 100 runners-up (FNIR at FPIR 1% 0.60 -> 0.41 on
-    # LFW); below it, or with `raw`, on the calibrated cosine score.
+    # auto: the decision score the embedder's calibration chose on development data. For
+    # `dlib` that is `znorm` (the best score standardised against the probe's 100
+    # runners-up) from 300 templates up; for `dlib+sface` it is the calibrated score
+    # itself. `raw` forces the calibrated score.
     decision_score: DecisionScoreName = "auto"
     verify_threshold: float | None = Field(default=None, ge=-1, le=1)
     top_k: int = Field(default=10, ge=1, le=1000)

@@ -1,14 +1,22 @@
 """Embedding every image of a folder once, with the product's pipeline, into a cache file.
 
 The cache (``.npz``) holds, per image (path relative to the root): the embedding of its
-largest face (the face ``verify`` uses), how many faces were found, and which detector
-found it (``hog``, ``cnn`` when HOG found none and the CNN fallback did, or ``none``).
-Keyed by the embedding space and detector settings: a cache from other settings is not
-reused.
+labelled face, how many faces were found, and which detector found it (``hog``, ``cnn`` when
+HOG found none and the CNN fallback did, or ``none``). Keyed by the pipeline settings
+(embedder included): a cache from other settings is not reused.
+
+Which face is "the" face of an LFW image: LFW's labelled person is the face centred in the
+250x250 image (the dataset was cut around a Viola-Jones detection of that face), so the
+evaluation takes the detected face whose box centre is nearest the image centre. Taking the
+largest face instead picks a bystander in some images (View 1 DevTest: 97.5% vs 98.3% with
+dlib alone): it would measure the face *chooser*, not the face model. The product itself
+lets the caller pick the face of a probe photo, and enrolment refuses photos with two
+comparable faces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -18,7 +26,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from faceledger import errors
-from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
+from faceledger.vision.detect import CnnDetector
+from faceledger.vision.embedders import embedder_spec
+from faceledger.vision.models import ModelFile, verified_model
+from faceledger.vision.pipeline import Face, FacePipeline, PipelineConfig, build_pipeline
 
 _state: dict[str, FacePipeline] = {}
 
@@ -37,6 +48,10 @@ class EmbeddingCache:
     def lookup(self) -> dict[str, int]:
         return {str(p): i for i, p in enumerate(self.paths)}
 
+    def has_face(self) -> NDArray[np.bool_]:
+        out: NDArray[np.bool_] = np.asarray(~np.isnan(self.vectors).any(axis=1), dtype=bool)
+        return out
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -50,11 +65,20 @@ class EmbeddingCache:
             return cls(str(d["space"]), d["paths"], d["vectors"], d["faces"], d["found_by"])
 
 
+def centre_face(faces: list[Face], width: int, height: int) -> Face:
+    """The face whose box centre is nearest the image centre (LFW's labelled face)."""
+    def dist(f: Face) -> float:
+        cx, cy = (f.box.x1 + f.box.x2) / 2, (f.box.y1 + f.box.y2) / 2
+        return (cx - width / 2) ** 2 + (cy - height / 2) ** 2
+    return min(faces, key=dist)
+
+
 def _init(config: PipelineConfig) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    _state["main"] = build_pipeline(config)
-    _state["cnn"] = build_pipeline(PipelineConfig(detector="cnn", upsample=1,
-                                                  limits=config.limits, rules=config.rules))
+    main = build_pipeline(config)
+    _state["main"] = main
+    cnn = CnnDetector(verified_model(ModelFile.MMOD_CNN).path, config.upsample)
+    _state["cnn"] = FacePipeline(cnn, main.aligner, main.embedder, config)
 
 
 def _one(path: str) -> tuple[str, NDArray[np.float32] | None, int, str]:
@@ -70,19 +94,22 @@ def _one(path: str) -> tuple[str, NDArray[np.float32] | None, int, str]:
         found_by = "cnn"
     if not faces:
         return path, None, 0, "none"
-    return path, faces[0].embedding, len(faces), found_by
+    face = centre_face(faces, image.width, image.height)
+    return path, face.embedding, len(faces), found_by
 
 
-def embed_folder(root: Path, files: list[Path], config: PipelineConfig, workers: int,
-                 dim: int = 128) -> EmbeddingCache:
+def embed_folder(root: Path, files: list[Path], config: PipelineConfig, workers: int
+                 ) -> EmbeddingCache:
     """Embed ``files`` (under ``root``) with ``workers`` processes, in input order."""
+    spec = embedder_spec(config.embedder)
     ctx = mp.get_context("spawn")
     results: dict[str, tuple[NDArray[np.float32] | None, int, str]] = {}
-    with ctx.Pool(max(workers, 1), initializer=_init, initargs=(config,)) as pool:
+    per_process = dataclasses.replace(config, threads=1)
+    with ctx.Pool(max(workers, 1), initializer=_init, initargs=(per_process,)) as pool:
         for path, vec, n, how in pool.imap_unordered(_one, [str(f) for f in files],
                                                      chunksize=16):
             results[path] = (vec, n, how)
-    vectors = np.full((len(files), dim), np.nan, dtype=np.float32)
+    vectors = np.full((len(files), spec.dim), np.nan, dtype=np.float32)
     faces = np.zeros(len(files), dtype=np.int32)
     found_by = np.empty(len(files), dtype="<U4")
     for i, f in enumerate(files):
@@ -92,11 +119,4 @@ def embed_folder(root: Path, files: list[Path], config: PipelineConfig, workers:
         faces[i] = n
         found_by[i] = how
     rel = np.array([str(f.relative_to(root)) for f in files])
-    space = build_space_id()
-    return EmbeddingCache(space, rel, vectors, faces, found_by)
-
-
-def build_space_id() -> str:
-    from faceledger.vision.embed import DlibResNetEmbedder
-
-    return DlibResNetEmbedder.space
+    return EmbeddingCache(spec.space, rel, vectors, faces, found_by)

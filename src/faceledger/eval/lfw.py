@@ -10,6 +10,7 @@ find) and counts against accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,8 @@ def cached_embeddings(images: Path, rel_paths: list[str], config: PipelineConfig
     One cache file per (image folder, pipeline settings); images it lacks are embedded and
     merged in, so later runs over any subset of the folder cost nothing.
     """
-    key = hashlib.sha256((repr(config) + str(images.resolve())).encode()).hexdigest()[:16]
+    settings = repr(dataclasses.replace(config, threads=0))
+    key = hashlib.sha256((settings + str(images.resolve())).encode()).hexdigest()[:16]
     cache_file = cache_dir / f"embeddings-{key}.npz"
     cached = EmbeddingCache.load(cache_file) if cache_file.exists() else None
     have = set(cached.lookup()) if cached else set()

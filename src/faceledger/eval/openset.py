@@ -69,17 +69,18 @@ def build_protocol(lfw: Path) -> Protocol:
     return Protocol(gallery, mated, nonmated)
 
 
-def decision_scores(scores: NDArray[np.float32], method: str) -> NDArray[np.float64]:
+def decision_scores(scores: NDArray[np.float32], method: str, k: int = ZNORM_K
+                    ) -> NDArray[np.float64]:
     """Per-probe decision score from its similarity to every gallery template (n, N).
 
     ``raw``: the top score. ``znorm``: the top score standardised against that probe's next
-    ``ZNORM_K`` scores, i.e. how far the best match stands out from the probe's
+    ``k`` scores, i.e. how far the best match stands out from the probe's
     best non-matches in this gallery.
     """
     top = np.sort(scores, axis=1)[:, ::-1]
     if method == "raw":
         return top[:, 0].astype(np.float64)
-    rest = top[:, 1:ZNORM_K + 1].astype(np.float64)
+    rest = top[:, 1:k + 1].astype(np.float64)
     z: NDArray[np.float64] = (top[:, 0] - rest.mean(axis=1)) / np.maximum(
         rest.std(axis=1), 1e-6)
     return z
@@ -103,7 +104,7 @@ class OpenSetRun:
 
 def run(protocol: Protocol, cache: EmbeddingCache) -> OpenSetRun:
     at = cache.lookup()
-    has: NDArray[np.bool_] = np.asarray(~np.isnan(cache.vectors).any(axis=1), dtype=bool)
+    has = cache.has_face()
     gal = [(img, who) for img, who in protocol.gallery if has[at[img]]]
     enrolled = {who for _, who in gal}
     g_vecs = np.stack([cache.vectors[at[img]] for img, _ in gal])
@@ -136,47 +137,6 @@ def run(protocol: Protocol, cache: EmbeddingCache) -> OpenSetRun:
                       len(protocol.gallery) - len(gal),
                       int((~m_has).sum() + (~n_has).sum()), results, det, raw_n, raw_m,
                       z_n, z_m, correct)
-
-
-ZNORM_SIZES = (150, 300, 600, 1000, 1700)
-
-
-def nonmated_z_samples(lfw: Path, cache: EmbeddingCache, k: int = ZNORM_K,
-                       sizes: tuple[int, ...] = ZNORM_SIZES, seed: int = 0
-                       ) -> dict[int, NDArray[np.float64]]:
-    """Strangers' best z-normalised scores in simulated galleries of development identities.
-
-    Development identities are split in 5 folds by SHA-256(name); for each fold, galleries
-    of each size are drawn (one image per identity) from the other folds, and every image
-    of the fold's identities is a non-mated probe.
-    """
-    dev = dev_identities(lfw)
-    at = cache.lookup()
-    has: NDArray[np.bool_] = np.asarray(~np.isnan(cache.vectors).any(axis=1), dtype=bool)
-    by: dict[str, list[int]] = {}
-    for p, i in sorted(at.items()):
-        who = str(p).split("/")[0]
-        if who in dev and has[i]:
-            by.setdefault(who, []).append(i)
-    names = sorted(by)
-    rng = np.random.default_rng(seed)
-    out: dict[int, NDArray[np.float64]] = {}
-    for n in sizes:
-        zs = []
-        for fold in range(5):
-            gal = [w for w in names if _fold(w) != fold]
-            probes = [i for w in names if _fold(w) == fold for i in by[w]]
-            pick = rng.choice(len(gal), size=min(n, len(gal)), replace=False)
-            g = cache.vectors[[by[gal[j]][0] for j in pick]]
-            top = np.sort(cache.vectors[probes] @ g.T, axis=1)[:, ::-1].astype(np.float64)
-            rest = top[:, 1:k + 1]
-            zs.append((top[:, 0] - rest.mean(axis=1)) / np.maximum(rest.std(axis=1), 1e-6))
-        out[n] = np.concatenate(zs)
-    return out
-
-
-def _fold(name: str) -> int:
-    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 5
 
 
 def impostor_scores(lfw: Path, cache: EmbeddingCache) -> tuple[NDArray[np.float64], int, int]:

@@ -10,30 +10,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from faceledger import __version__
+from faceledger.eval import devsim, metrics, openset
 from faceledger.eval import lfw as lfw_eval
-from faceledger.eval import metrics, openset
-from faceledger.eval.embeddings import EmbeddingCache, build_space_id
+from faceledger.eval.embeddings import EmbeddingCache
 from faceledger.eval.plot import Series, line_plot
 from faceledger.governance.calibration import Calibration, fit, fit_znorm
+from faceledger.vision.embedders import embedder_spec
 from faceledger.vision.pipeline import PipelineConfig
+
+ZNORM_MIN_GALLERY = 300
 
 
 def _provenance(config: PipelineConfig) -> dict[str, Any]:
+    import cv2
     import dlib
 
     return {"faceledger": __version__, "dlib": dlib.__version__,
-            "dlib_blas": bool(dlib.DLIB_USE_BLAS), "space": build_space_id(),
+            "dlib_blas": bool(dlib.DLIB_USE_BLAS), "opencv": cv2.__version__,
+            "embedder": config.embedder, "space": embedder_spec(config.embedder).space,
             "detector": config.detector, "upsample": config.upsample,
-            "no_face_fallback": "dlib-cnn-mmod", "when": datetime.now(UTC).isoformat(
-                timespec="seconds")}
+            "no_face_fallback": "dlib-cnn-mmod", "face_choice": "nearest the image centre",
+            "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _write(out: Path, name: str, data: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, default=float))
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     return path
 
 
@@ -63,17 +69,22 @@ def lfw_pairs(pairs: Path, train: Path | None, images: Path, out: Path, cache_di
     result["settings"] = _provenance(config)
     same = np.array([p.same for p in test])
     _, far, tar = metrics.roc(test_scores[same], test_scores[~same])
-    png = out / f"roc-{pairs.stem}.png"
-    line_plot(png, [Series("dlib ResNet, cosine", far, tar)], title=f"ROC: {pairs.name}",
+    png = out / f"roc-{pairs.stem}-{_slug(config.embedder)}.png"
+    line_plot(png, [Series(config.embedder, far, tar)], title=f"ROC: {pairs.name}",
               xlabel="false accept rate", ylabel="true accept rate",
               x_range=(1e-3, 1.0), y_range=(0.8, 1.0), x_log=True)
     result["roc_png"] = str(png)
-    result["json"] = str(_write(out, f"lfw-pairs-{pairs.stem}", result))
+    result["json"] = str(_write(out, f"lfw-pairs-{pairs.stem}-{_slug(config.embedder)}",
+                                result))
     return result
 
 
-def _all_lfw(images: Path, cache_dir: Path, workers: int,
-             config: PipelineConfig) -> EmbeddingCache:
+def _slug(embedder: str) -> str:
+    return embedder.replace("+", "-")
+
+
+def all_lfw(images: Path, cache_dir: Path, workers: int,
+            config: PipelineConfig) -> EmbeddingCache:
     rel = [f"{d.name}/{f.name}" for d in sorted(images.iterdir()) if d.is_dir()
            for f in sorted(d.glob("*.jpg"))]
     return lfw_eval.cached_embeddings(images, rel, config, cache_dir, _workers(workers))
@@ -81,33 +92,50 @@ def _all_lfw(images: Path, cache_dir: Path, workers: int,
 
 def calibrate(images: Path, out_file: Path, cache_dir: Path, workers: int,
               config: PipelineConfig) -> Calibration:
-    cache = _all_lfw(images, cache_dir, workers, config)
+    """Fit score -> FMR on development impostor pairs, fit the z-normalised score's FPIR
+    by simulation, and choose the decision score on the development open-set simulation."""
+    cache = all_lfw(images, cache_dir, workers, config)
     scores, identities, n_images = openset.impostor_scores(images, cache)
     meta = {"data": "LFW identities of View 1 pairsDevTrain.txt (development only): every "
                     "pair of images of two different identities",
             "identities": identities, "images": n_images,
-            "command": "faceledger eval calibrate --images LFW_DIR --to FILE",
+            "command": f"FACELEDGER_EMBEDDER={config.embedder} faceledger eval calibrate "
+                       "--images LFW_DIR --to FILE",
             **_provenance(config)}
-    cal = fit(scores, build_space_id(), meta)
-    samples = openset.nonmated_z_samples(images, cache)
-    znorm = fit_znorm(samples, openset.ZNORM_K, min_gallery=300, meta={
+    cal = fit(scores, embedder_spec(config.embedder).space, meta)
+    by = devsim.dev_images(images, cache)
+    znorm = fit_znorm(devsim.nonmated_z_samples(by, cache), openset.ZNORM_K,
+                      min_gallery=ZNORM_MIN_GALLERY, meta={
         "data": "strangers' best z-normalised score in simulated galleries of development "
                 "identities (5 folds by SHA-256 of the name; galleries of one image per "
                 "identity; every image of the held fold is a probe)"})
-    cal = dataclasses.replace(cal, znorm=znorm)
+    sim = devsim.dev_openset(by, cache)
+    cal = dataclasses.replace(cal, znorm=znorm, decision=sim.best(), meta={
+        **cal.meta, "decision_chosen_on": {
+            "simulation": "development identities, 5 folds: each fold's identities are "
+                          "strangers, the others enrolled with their first image",
+            "gallery_size": sim.gallery_size, "rank1": sim.rank1,
+            "fnir_at_fpir_1pct": sim.fnir_at_fpir_1pct}})
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(cal.to_json(), indent=1) + "\n")
     return cal
 
 
+def _check(target: float, threshold: float, nonmated: NDArray[np.float64],
+           mated: NDArray[np.float64], correct: NDArray[np.bool_]) -> dict[str, float]:
+    observed = float((nonmated >= threshold).mean())
+    return {"threshold": threshold, "observed_fpir": observed, "ratio": observed / target,
+            "fnir": float(1.0 - (correct & (mated >= threshold)).mean())}
+
+
 def lfw_openset(images: Path, out: Path, cache_dir: Path, workers: int,
                 config: PipelineConfig, calibration: Calibration) -> dict[str, Any]:
-    cache = _all_lfw(images, cache_dir, workers, config)
-    protocol = openset.build_protocol(images)
-    r = openset.run(protocol, cache)
+    cache = all_lfw(images, cache_dir, workers, config)
+    r = openset.run(openset.build_protocol(images), cache)
+    n = r.gallery_size
     result: dict[str, Any] = {
-        "protocol": "lfw-openset-v1 (docs/evaluation.md)",
-        "gallery_size": r.gallery_size, "mated_probes": r.mated,
+        "protocol": "lfw-openset-v1 (docs/evaluation.md)", "embedder": config.embedder,
+        "gallery_size": n, "mated_probes": r.mated,
         "nonmated_probes": r.nonmated, "gallery_images_without_face": r.gallery_no_face,
         "probes_without_face": r.probes_no_face,
         "rank1": r.results["raw"].rank1,
@@ -118,28 +146,24 @@ def lfw_openset(images: Path, out: Path, cache_dir: Path, workers: int,
     result["note"] = (
         f"with {r.nonmated} non-mated probes the smallest measurable FPIR is "
         f"{1 / max(r.nonmated, 1):.4f}: figures at a lower FPIR are not estimable here")
-    checks = {}
+    znorm = calibration.znorm
+    use_z = calibration.decision == "znorm" and znorm is not None and znorm.applies(n)
+    result["product_decision"] = "znorm" if use_z else "raw"
+    checks: dict[str, dict[str, dict[str, float]]] = {"raw": {}, "znorm": {}}
     for target in (0.01, 0.001):
-        t = calibration.threshold_for_fpir(target, r.gallery_size)
-        observed = float((r.raw_nonmated >= t).mean())
-        fnir = float(1.0 - (r.rank1_correct & (r.raw_mated >= t)).mean())
-        checks[str(target)] = {"threshold": t, "observed_fpir": observed,
-                               "ratio": observed / target, "fnir": fnir}
-    result["calibration_check"] = checks
-    if calibration.znorm is not None and calibration.znorm.applies(r.gallery_size):
-        zchecks = {}
-        for target in (0.01, 0.001):
-            t = calibration.znorm.threshold(target, r.gallery_size)
-            observed = float((r.z_nonmated >= t).mean())
-            fnir = float(1.0 - (r.rank1_correct & (r.z_mated >= t)).mean())
-            zchecks[str(target)] = {"threshold": t, "observed_fpir": observed,
-                                    "ratio": observed / target, "fnir": fnir}
-        result["calibration_check_znorm"] = zchecks
+        checks["raw"][str(target)] = _check(
+            target, calibration.threshold_for_fpir(target, n), r.raw_nonmated, r.raw_mated,
+            r.rank1_correct)
+        if znorm is not None and znorm.applies(n):
+            checks["znorm"][str(target)] = _check(
+                target, znorm.threshold(target, n), r.z_nonmated, r.z_mated, r.rank1_correct)
+    result["calibration_check"] = {m: c for m, c in checks.items() if c}
     result["settings"] = _provenance(config)
-    png = out / "det-lfw-openset.png"
+    png = out / f"det-lfw-openset-{_slug(config.embedder)}.png"
     line_plot(png, [Series(f"{m} score", *r.det[m]) for m in ("raw", "znorm")],
-              title="DET: LFW open-set (lfw-openset-v1)", xlabel="FPIR", ylabel="FNIR",
-              x_range=(1e-3, 1.0), y_range=(1e-2, 1.0), x_log=True, y_log=True)
+              title=f"DET: lfw-openset-v1, {config.embedder}", xlabel="FPIR",
+              ylabel="FNIR", x_range=(1e-3, 1.0), y_range=(1e-2, 1.0), x_log=True,
+              y_log=True)
     result["det_png"] = str(png)
-    result["json"] = str(_write(out, "lfw-openset", result))
+    result["json"] = str(_write(out, f"lfw-openset-{_slug(config.embedder)}", result))
     return result

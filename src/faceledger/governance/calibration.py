@@ -122,6 +122,14 @@ class Calibration:
     tail_b: float  # negative
     meta: dict[str, Any]
     znorm: ZNormCalibration | None = None
+    # The decision score search uses in galleries where ``znorm`` applies: whichever gave
+    # the lower FNIR at FPIR 1% on the development simulation (``raw`` or ``znorm``).
+    decision: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.decision not in ("raw", "znorm") or (self.decision == "znorm"
+                                                      and self.znorm is None):
+            raise errors.ConfigError(f"calibration: bad decision score {self.decision!r}")
 
     # ----------------------------------------------------------------- score -> rates
     def fmr(self, score: float) -> float:
@@ -170,7 +178,8 @@ class Calibration:
         out: dict[str, Any] = {
             "format": "faceledger-calibration/1", "space": self.space,
             "points": [[round(s, 6), f] for s, f in zip(self.scores, self.fmrs, strict=True)],
-            "tail": {"a": self.tail_a, "b": self.tail_b}, "meta": self.meta}
+            "tail": {"a": self.tail_a, "b": self.tail_b}, "decision": self.decision,
+            "meta": self.meta}
         if self.znorm is not None:
             out["znorm"] = self.znorm.to_json()
         return out
@@ -183,7 +192,8 @@ class Calibration:
         znorm = ZNormCalibration.from_json(data["znorm"]) if "znorm" in data else None
         return cls(data["space"], tuple(float(p[0]) for p in points),
                    tuple(float(p[1]) for p in points), float(data["tail"]["a"]),
-                   float(data["tail"]["b"]), dict(data.get("meta", {})), znorm)
+                   float(data["tail"]["b"]), dict(data.get("meta", {})), znorm,
+                   str(data.get("decision", "raw")))
 
 
 def fit(impostor_scores: ArrayLike, space: str, meta: dict[str, Any],
@@ -219,17 +229,13 @@ def fit(impostor_scores: ArrayLike, space: str, meta: dict[str, Any],
                        {**meta, "impostor_pairs": int(n), "measured_down_to_fmr": fmrs[-1]})
 
 
-def calibration_file_name(space: str) -> str:
-    return space.split("/")[0] + ".json"
-
-
-def load_calibration(space: str, path: Path | None = None) -> Calibration:
-    """The shipped calibration for ``space`` (or one from ``path``)."""
+def load_calibration(space: str, file_name: str, path: Path | None = None) -> Calibration:
+    """The calibration shipped for ``space`` as ``calibrations/<file_name>`` (or one from
+    ``path``); refused if it was made for another space."""
     if path is not None:
         text = path.read_text()
     else:
-        ref = resources.files("faceledger.governance") / "calibrations" / \
-            calibration_file_name(space)
+        ref = resources.files("faceledger.governance") / "calibrations" / file_name
         if not ref.is_file():
             raise errors.ConfigError(f"no calibration shipped for embedding space {space}")
         text = ref.read_text()

@@ -17,16 +17,18 @@ from faceledger.index.factory import BACKENDS
 from faceledger.services.gallery import Gallery
 from faceledger.store.db import make_engine, require_schema, session_factory, upgrade
 from faceledger.store.models import Template
-from faceledger.vision.embed import DlibResNetEmbedder
+from faceledger.vision.embedders import EmbedderSpec, embedder_spec
 from faceledger.vision.imaging import ImageLimits
 from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
 from faceledger.vision.quality import QualityRules
 
 
-def pipeline_config(settings: Settings) -> PipelineConfig:
+def pipeline_config(settings: Settings, threads: int = 0) -> PipelineConfig:
     return PipelineConfig(
         detector=settings.detector,
         upsample=settings.upsample,
+        embedder=settings.embedder,
+        threads=threads,
         limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -49,8 +51,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     actor: str
-    space: str = DlibResNetEmbedder.space
-    dim: int = DlibResNetEmbedder.dim
+    embedder: EmbedderSpec
     _pipeline: FacePipeline | None = field(default=None, repr=False)
     _gallery: Gallery | None = field(default=None, repr=False)
     _calibration: Calibration | None = field(default=None, repr=False)
@@ -58,6 +59,14 @@ class Services:
     @property
     def home(self) -> Path:
         return self.settings.home
+
+    @property
+    def space(self) -> str:
+        return self.embedder.space
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
 
     @property
     def pipeline(self) -> FacePipeline:
@@ -71,7 +80,7 @@ class Services:
     @property
     def calibration(self) -> Calibration:
         if self._calibration is None:
-            self._calibration = load_calibration(self.space)
+            self._calibration = load_calibration(self.space, self.embedder.calibration_file)
         return self._calibration
 
     def search_threshold(self, gallery_size: int) -> float:
@@ -134,4 +143,5 @@ def build_services(
         require_schema(engine)
     actor = settings.user or getpass.getuser()
     return Services(settings=settings, clock=clock or SystemClock(), engine=engine,
-                    sessions=session_factory(engine), actor=actor)
+                    sessions=session_factory(engine), actor=actor,
+                    embedder=embedder_spec(settings.embedder))

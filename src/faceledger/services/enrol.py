@@ -117,7 +117,7 @@ def _run_jobs(svc: Services, jobs: list[_Job], workers: int) -> Iterator[_Outcom
 
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker,
-                  initargs=(pipeline_config(svc.settings),)) as pool:
+                  initargs=(pipeline_config(svc.settings, threads=1),)) as pool:
         yield from pool.imap_unordered(_work, jobs, chunksize=4)
 
 

@@ -56,7 +56,15 @@ class Gallery:
 
     def open(self) -> None:
         if self._path.exists():
-            self.index = load_index(self._backend, self._path, self._dim)
+            try:
+                self.index = load_index(self._backend, self._path, self._dim)
+            except ValueError as exc:
+                # An index of another dimension (the store's templates were all erased,
+                # then the embedder changed): the records are the truth, so start afresh
+                # and let reconcile fill it; save() then replaces the old file.
+                log.warning("index file not usable (%s): rebuilding from the records", exc)
+                self.index = new_index(self._backend, self._dim)
+                self._path.unlink()
         self.last_reconcile = self.reconcile()
 
     def _template_ids(self, session: Session) -> NDArray[np.int64]:

@@ -150,7 +150,8 @@ def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: in
     cal = svc.calibration
     znorm = cal.znorm
     target = svc.settings.target_fpir
-    use_z = (znorm is not None and svc.settings.search_threshold is None
+    use_z = (cal.decision == "znorm" and znorm is not None
+             and svc.settings.search_threshold is None
              and svc.settings.decision_score == "auto" and znorm.applies(gallery_size))
     raw_threshold = svc.search_threshold(gallery_size)
     if use_z and znorm is not None:

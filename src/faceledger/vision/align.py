@@ -59,3 +59,28 @@ def pose_asymmetry(landmarks: NDArray[np.float64]) -> float:
         return 1.0
     t = float((nose - eye_a) @ axis) / length_sq  # 0 at eye_a, 1 at eye_b
     return float(min(abs(2.0 * t - 1.0), 1.0))
+
+
+def similarity_transform(src: NDArray[np.float64], dst: NDArray[np.float64]
+                         ) -> NDArray[np.float64]:
+    """The 2x3 similarity (rotation, uniform scale, translation; no reflection) that maps
+    the points ``src`` (n, 2) onto ``dst`` (n, 2) with the least squared error (Umeyama,
+    1991). Apply it as ``p @ m[:, :2].T + m[:, 2]``. Pure function."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need two matching (n>=2, 2) point sets, got {src.shape} {dst.shape}")
+    mean_s, mean_d = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - mean_s, dst - mean_d
+    var_s = float((s**2).sum()) / len(src)
+    if var_s == 0.0:
+        raise ValueError("the source points coincide")
+    u, sigma, vt = np.linalg.svd(d.T @ s / len(src))
+    flip = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        flip[1, 1] = -1.0
+    rotation = u @ flip @ vt
+    scale = float((sigma * np.diag(flip)).sum()) / var_s
+    shift = mean_d - scale * rotation @ mean_s
+    out: NDArray[np.float64] = np.hstack([scale * rotation, shift[:, None]])
+    return out

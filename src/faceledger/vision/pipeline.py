@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from faceledger import errors
 from faceledger.vision.align import FivePointAligner
 from faceledger.vision.detect import CnnDetector, FaceDetector, FallbackDetector, HogDetector
-from faceledger.vision.embed import DlibResNetEmbedder, FaceEmbedder
+from faceledger.vision.embed import FaceEmbedder
+from faceledger.vision.embedders import build_embedder
 from faceledger.vision.imaging import DecodedImage, ImageLimits, decode_image
 from faceledger.vision.models import ModelFile, verified_model
 from faceledger.vision.quality import QualityRules, measure
@@ -47,8 +48,13 @@ class StageTimes:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
+    """``embedder``: a name from ``vision.embedders``; ``threads`` > 0 caps the threads a
+    model may use in this process (ingest workers use 1 each)."""
+
     detector: str = "hog"
     upsample: int = 1
+    embedder: str = "dlib+sface"
+    threads: int = 0
     limits: ImageLimits = field(default_factory=ImageLimits)
     rules: QualityRules = field(default_factory=QualityRules)
 
@@ -85,7 +91,7 @@ class FacePipeline:
         with times.stage("landmarks"):
             aligned = [self.aligner.align(image.pixels, d.box) for d in detections]
         with times.stage("embed"):
-            vectors = self.embedder.embed([a.chip for a in aligned])
+            vectors = self.embedder.embed(image.pixels, aligned)
         result = []
         for det, al, vec in zip(detections, aligned, vectors, strict=True):
             box = det.box.clipped(image.width, image.height)
@@ -137,5 +143,5 @@ def build_pipeline(config: PipelineConfig) -> FacePipeline:
         raise errors.ConfigError(
             f"unknown detector {config.detector!r}; use 'hog', 'cnn' or 'hog+cnn'")
     aligner = FivePointAligner(verified_model(ModelFile.LANDMARKS_5).path)
-    embedder = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path)
-    return FacePipeline(detector, aligner, embedder, config)
+    return FacePipeline(detector, aligner, build_embedder(config.embedder, config.threads),
+                        config)

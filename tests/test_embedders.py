@@ -1,0 +1,132 @@
+"""Embedders: alignment maths, mirror averaging, score fusion, SFace, golden scores."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceledger import errors
+from faceledger.vision.align import similarity_transform
+from faceledger.vision.embed import DlibResNetEmbedder, FusedEmbedder, mirror_mean
+from faceledger.vision.embedders import EMBEDDERS, FUSION_WEIGHTS, embedder_spec
+from faceledger.vision.imaging import ImageLimits, decode_image
+from faceledger.vision.models import ModelFile, verified_bytes, verified_model
+from faceledger.vision.pipeline import FacePipeline
+from faceledger.vision.sface import DLIB5_IN_ARCFACE112, SFaceEmbedder, sface_chip
+
+LIMITS = ImageLimits()
+
+
+def _face(pipeline: FacePipeline, path: Path):  # type: ignore[no-untyped-def]
+    image = decode_image(path.read_bytes(), LIMITS)
+    det = pipeline.detector.detect(image.pixels)
+    assert len(det) == 1
+    return image, pipeline.aligner.align(image.pixels, det[0].box)
+
+
+def test_similarity_transform_recovers_a_known_one() -> None:
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 200, size=(5, 2))
+    angle, scale, shift = math.radians(30), 1.7, np.array([12.0, -40.0])
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    dst = src @ (scale * rot).T + shift
+    m = similarity_transform(src, dst)
+    np.testing.assert_allclose(m[:, :2], scale * rot, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], shift, atol=1e-7)
+    # A reflection is never returned: mirrored targets give a proper rotation.
+    m2 = similarity_transform(src, dst * np.array([-1.0, 1.0]))
+    assert np.linalg.det(m2[:, :2]) > 0
+
+
+def test_similarity_transform_refuses_degenerate_points() -> None:
+    with pytest.raises(ValueError, match="coincide"):
+        similarity_transform(np.ones((5, 2)), np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="matching"):
+        similarity_transform(np.ones((5, 2)), np.zeros((4, 2)))
+
+
+def test_mirror_mean_is_the_normalised_average() -> None:
+    a = np.array([[3.0, 4.0, 0.0]], dtype=np.float32)
+    b = np.array([[0.0, 0.0, 2.0]], dtype=np.float32)
+    out = mirror_mean(a, b)
+    np.testing.assert_allclose(out, [[0.6, 0.8, 1.0]] / np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(mirror_mean(b, a), out)
+
+
+def test_fusion_weights_must_be_positive_and_sum_to_one() -> None:
+    dlib = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path)
+    with pytest.raises(ValueError, match="summing to 1"):
+        FusedEmbedder([(dlib, 0.5), (dlib, 0.6)])
+    with pytest.raises(ValueError, match="2\\+"):
+        FusedEmbedder([(dlib, 1.0)])
+
+
+def test_fused_score_is_the_weighted_sum_of_the_models_scores(pipeline: FacePipeline,
+                                                              lfw: Path) -> None:
+    dlib = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path, flip=False)
+    sface = SFaceEmbedder(verified_bytes(ModelFile.SFACE), flip=True)
+    fused = FusedEmbedder([(dlib, FUSION_WEIGHTS["dlib"]), (sface, FUSION_WEIGHTS["sface"])])
+    assert fused.space == embedder_spec("dlib+sface").space
+    (ia, fa), (ib, fb) = (_face(pipeline, lfw / "Aaron_Peirsol" / f"Aaron_Peirsol_000{n}.jpg")
+                          for n in (1, 2))
+    d = float(dlib.embed(ia.pixels, [fa])[0] @ dlib.embed(ib.pixels, [fb])[0])
+    s = float(sface.embed(ia.pixels, [fa])[0] @ sface.embed(ib.pixels, [fb])[0])
+    va, vb = fused.embed(ia.pixels, [fa])[0], fused.embed(ib.pixels, [fb])[0]
+    assert float(np.linalg.norm(va)) == pytest.approx(1.0, abs=1e-5)
+    assert float(va @ vb) == pytest.approx(0.6 * d + 0.4 * s, abs=1e-5)
+    # The same pipeline's default embedder is this fusion.
+    np.testing.assert_allclose(pipeline.embedder.embed(ia.pixels, [fa])[0], va, atol=1e-5)
+
+
+def test_sface_chip_puts_the_landmarks_on_the_template(pipeline: FacePipeline,
+                                                       lfw: Path) -> None:
+    image, face = _face(pipeline, lfw / "AJ_Cook" / "AJ_Cook_0001.jpg")
+    chip = sface_chip(image.pixels, face.landmarks)
+    assert chip.shape == (112, 112, 3)
+    assert chip.dtype == np.uint8
+    m = similarity_transform(face.landmarks, DLIB5_IN_ARCFACE112)
+    mapped = face.landmarks @ m[:, :2].T + m[:, 2]
+    # One template fits a frontal face to within a few pixels at 112 px.
+    assert float(np.abs(mapped - DLIB5_IN_ARCFACE112).max()) < 5.0
+    assert chip.std() > 20  # a face, not the constant border
+
+
+def test_mirror_averaged_templates_ignore_a_mirror_image(any_pipeline: FacePipeline,
+                                                         lfw: Path) -> None:
+    path = lfw / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+    buf = io.BytesIO()
+    Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buf, format="PNG")
+    a = any_pipeline.enrolment_face(decode_image(path.read_bytes(), LIMITS)).embedding
+    b = any_pipeline.enrolment_face(decode_image(buf.getvalue(), LIMITS)).embedding
+    assert float(a @ b) > 0.99
+
+
+# Golden scores: a change of weights, alignment, OpenCV or dlib that moves them is a
+# change of embedding space and needs a new space id and calibration.
+GOLDEN = {
+    "dlib+sface": {("Aaron_Peirsol_0001", "Aaron_Peirsol_0002"): 0.9188,
+                   ("Aaron_Peirsol_0001", "Abel_Pacheco_0001"): 0.5507},
+    "dlib": {("Aaron_Peirsol_0001", "Aaron_Peirsol_0002"): 0.9785,
+             ("Aaron_Peirsol_0001", "Abel_Pacheco_0001"): 0.8574},
+}
+
+
+def test_golden_scores(any_pipeline: FacePipeline, lfw: Path) -> None:
+    def emb(stem: str) -> np.ndarray:
+        name = stem.rsplit("_", 1)[0]
+        data = (lfw / name / f"{stem}.jpg").read_bytes()
+        return any_pipeline.enrolment_face(decode_image(data, LIMITS)).embedding
+
+    for (a, b), want in GOLDEN[any_pipeline.config.embedder].items():
+        assert float(emb(a) @ emb(b)) == pytest.approx(want, abs=0.002)
+
+
+def test_unknown_embedder_is_a_configuration_error() -> None:
+    with pytest.raises(errors.ConfigError, match="unknown embedder"):
+        embedder_spec("facenet")
+    assert {embedder_spec(n).dim for n in EMBEDDERS} == {128, 256}

@@ -91,3 +91,36 @@ def test_znorm_decision_needs_a_znorm_calibration(uniform_cal: Calibration) -> N
         dataclasses.replace(uniform_cal, decision="znorm")
     with pytest.raises(errors.ConfigError, match="decision"):
         dataclasses.replace(uniform_cal, decision="median")
+
+
+def test_cohort_stats_by_hand() -> None:
+    from faceledger.governance.calibration import cohort_stats
+
+    # Best score first; the next 3 form the cohort: mean 0.4, std sqrt(0.02/3).
+    mean, std = cohort_stats([0.9, 0.5, 0.4, 0.3, 0.1], 3) or (0.0, 0.0)
+    assert mean == pytest.approx(0.4)
+    assert std == pytest.approx(math.sqrt(0.02 / 3))
+    assert cohort_stats([0.9, 0.5], 3) is None  # too few runners-up
+
+
+def test_znorm_calibration_recovers_known_quantiles() -> None:
+    """Strangers' best z drawn from N(1 + 0.5 ln N, 1): the fitted threshold for FPIR q at
+    size N is that normal's (1 - q) quantile, and fpir inverts threshold."""
+    from statistics import NormalDist
+
+    from faceledger.governance.calibration import fit_znorm
+
+    rng = np.random.default_rng(3)
+    sizes = (100, 300, 1000, 3000)
+    samples = {n: rng.normal(1 + 0.5 * math.log(n), 1.0, 400_000) for n in sizes}
+    zc = fit_znorm(samples, k=100, min_gallery=300, meta={})
+    assert not zc.applies(299)
+    assert zc.applies(300)
+    for n in (300, 2000):
+        for q in (0.1, 0.01, 0.003):
+            want = NormalDist(1 + 0.5 * math.log(n), 1.0).inv_cdf(1 - q)
+            assert zc.threshold(q, n) == pytest.approx(want, abs=0.05)
+            assert zc.fpir(zc.threshold(q, n), n) == pytest.approx(q, rel=0.1)
+    # A stranger's z grows with the gallery: the same z means less in a larger one.
+    assert zc.threshold(0.01, 3000) > zc.threshold(0.01, 300)
+    assert zc.fpir(4.0, 3000) > zc.fpir(4.0, 300)

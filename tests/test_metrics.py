@@ -88,3 +88,14 @@ def test_det_curve_is_monotone() -> None:
     assert np.all(np.diff(fpir) >= 0)
     assert np.all(np.diff(fnir) <= 0)
     assert fpir[-1] == 1.0
+
+
+def test_decision_scores_by_hand() -> None:
+    from faceledger.eval.openset import decision_scores
+
+    scores = np.array([[0.3, 0.9, 0.5, 0.4], [0.2, 0.2, 0.8, 0.5]], dtype=np.float32)
+    np.testing.assert_allclose(decision_scores(scores, "raw"), [0.9, 0.8], rtol=1e-6)
+    # Row 1: runners-up 0.5, 0.4, 0.3 -> mean 0.4, std sqrt(0.02/3); z = 0.5 / that.
+    # Row 2: runners-up 0.5, 0.2, 0.2 -> mean 0.3, std sqrt(0.06/3); z = 0.5 / that.
+    want = [0.5 / math.sqrt(0.02 / 3), 0.5 / math.sqrt(0.06 / 3)]
+    np.testing.assert_allclose(decision_scores(scores, "znorm", k=3), want, rtol=1e-5)

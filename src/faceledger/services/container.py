@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import getpass
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from faceledger import errors
@@ -21,6 +22,8 @@ from faceledger.vision.embedders import EmbedderSpec, embedder_spec
 from faceledger.vision.imaging import ImageLimits
 from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
 from faceledger.vision.quality import QualityRules
+
+log = logging.getLogger(__name__)
 
 
 def pipeline_config(settings: Settings, threads: int = 0) -> PipelineConfig:
@@ -105,6 +108,28 @@ class Services:
             gallery.open()
             self._gallery = gallery
         return self._gallery
+
+    def store_gallery(self) -> Gallery:
+        """The gallery of the space the store's templates are *in*: the configured one, or
+        (after an upgrade or a change of FACELEDGER_EMBEDDER) the one its records hold.
+        Erasure uses this, so erasing never depends on the embedder setting: a person can
+        always be erased, and the index file rewritten without their vectors."""
+        with self.sessions() as session:
+            spaces = session.execute(
+                select(Template.space, func.min(Template.id)).group_by(Template.space)).all()
+            if not spaces or (len(spaces) == 1 and spaces[0][0] == self.space):
+                return self.gallery
+            if len(spaces) > 1:
+                raise errors.EmbeddingSpaceMismatch(
+                    f"the store holds templates of several spaces {sorted(s for s, _ in spaces)}")
+            space, some_id = spaces[0]
+            raw = session.scalar(select(Template.vector).where(Template.id == some_id))
+        dim = len(raw or b"") // 4
+        log.warning("store holds templates of %s, not the configured %s: opening its own "
+                    "index for maintenance", space, self.space)
+        gallery = Gallery(self.home, self.settings.index_backend, dim, space, self.sessions)
+        gallery.open()
+        return gallery
 
     def check_single_space(self) -> None:
         """Refuse to work on a store holding templates of another embedding space."""

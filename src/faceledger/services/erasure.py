@@ -72,7 +72,7 @@ def erase(svc: Services, scope: Scope, target: str, *, reason: str,
           source_name: str | None = None) -> ErasureResult:
     if not reason.strip():
         raise errors.InvalidRequest("an erasure needs a reason")
-    gallery = svc.gallery
+    gallery = svc.store_gallery()  # the store's own space, whatever the settings say
     now = svc.clock.now()
     with svc.sessions.begin() as session:
         subjects = _subjects_for(session, scope, target, source_name)

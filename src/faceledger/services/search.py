@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import distinct, func, select
 
 from faceledger import errors
 from faceledger.governance import audit
@@ -51,9 +51,8 @@ class FaceResult:
     decision: Decision
 
     def as_dict(self) -> dict[str, object]:
-        return {"box": self.face.box.as_list(), "quality": self.face.quality.as_dict(),
-                "decision": {"method": self.decision.method,
-                             "threshold": round(self.decision.threshold, 4)},
+        return {"box": self.face.box.as_list(), "detector": self.face.detector,
+                "quality": self.face.quality.as_dict(), "decision": self.decision.as_dict(),
                 "candidates": [c.as_dict() for c in self.candidates]}
 
 
@@ -63,7 +62,8 @@ class SearchResult:
     purpose: str
     case: str
     target_fpir: float | None
-    gallery_size: int
+    gallery_size: int  # eligible templates compared (see SearchedGallery)
+    gallery_subjects: int
     faces: list[FaceResult]
     audit_event_id: int
     times: StageTimes = field(default_factory=StageTimes)
@@ -71,7 +71,8 @@ class SearchResult:
     def as_dict(self) -> dict[str, object]:
         return {"faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
                 "case": self.case, "target_fpir": self.target_fpir,
-                "gallery_size": self.gallery_size, "probe_sha256": self.probe_sha256,
+                "gallery_size": self.gallery_size,
+                "gallery_subjects": self.gallery_subjects, "probe_sha256": self.probe_sha256,
                 "audit_event": self.audit_event_id,
                 "notice": "candidates are leads for human review, not identifications"}
 
@@ -100,28 +101,42 @@ class _Hit:
     source: Source
 
 
+# The z path needs the probe's 101 best eligible subjects; if those lie deeper than this
+# many templates (most of the index out of purpose or expired), it falls back to raw.
+COHORT_FETCH_LIMIT = 50_000
+_IN_CHUNK = 5_000  # ids per SQL IN (SQLite allows 32,766 parameters)
+
+
+def _rows(svc: Services, ids: list[int]) -> list[tuple[Template, Subject]]:
+    out: list[tuple[Template, Subject]] = []
+    with svc.sessions() as session:
+        for start in range(0, len(ids), _IN_CHUNK):
+            out.extend((t, s) for t, s in session.execute(
+                select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
+                .where(Template.id.in_(ids[start:start + _IN_CHUNK]))))
+    return out
+
+
 def _ranked_subjects(svc: Services, face: Face, sources: dict[int, Source], now: datetime,
-                     need: int, floor: float) -> list[_Hit]:
+                     need: int, floor: float, limit: int | None = None) -> list[_Hit] | None:
     """Eligible subjects by their best template score, best first: at least ``need`` of
-    them (or every one), or all of those scoring at least ``floor``."""
+    them (or every one), or all of those scoring at least ``floor``. None if ``need`` could
+    not be met within ``limit`` templates."""
     gallery = svc.gallery
     total = gallery.index.count()
     if total == 0:
         return []
-    k = min(total, max(50, 4 * need))
+    cap = total if limit is None else min(total, limit)
+    k = min(cap, max(50, 4 * need))
     query = face.embedding.reshape(1, -1)
     while True:
         hits = gallery.search(query, k)
         scores = {int(i): float(s) for i, s in zip(hits.ids[0], hits.scores[0], strict=True)
                   if i >= 0}
-        with svc.sessions() as session:
-            rows = session.execute(
-                select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
-                .where(Template.id.in_(list(scores)))).all()
         # Re-check every hit against the records: erased, expired, out-of-purpose or
         # other-space templates never reach a candidate list, whatever the index holds.
         best: dict[int, _Hit] = {}
-        for template, subject in rows:
+        for template, subject in _rows(svc, list(scores)):
             source = sources.get(template.source_id)
             if source is None or template.expires_at <= now or template.space != svc.space:
                 continue
@@ -131,43 +146,77 @@ def _ranked_subjects(svc: Services, face: Face, sources: dict[int, Source], now:
         lowest = min(scores.values()) if scores else -1.0
         if len(best) >= need or k >= total or lowest < floor:
             break
-        k = min(total, 4 * k)
+        if k >= cap:
+            return None
+        k = min(cap, 4 * k)
     return sorted(best.values(), key=lambda h: -h.score)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """How candidates were decided for one face: ``znorm`` (the score standardised against
-    the probe's runners-up in this gallery) or ``raw`` (the cosine score); ``threshold`` is
-    in that decision score's units."""
+    the probe's runners-up in this gallery: ``cohort_mean``, ``cohort_std``) or ``raw``
+    (the calibrated score itself); ``threshold`` is in that decision score's units."""
 
     method: str
     threshold: float
+    cohort_mean: float | None = None
+    cohort_std: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"method": self.method,
+                                  "threshold": round(self.threshold, 4)}
+        if self.cohort_mean is not None and self.cohort_std is not None:
+            out["cohort"] = {"mean": round(self.cohort_mean, 4),
+                             "std": round(self.cohort_std, 5)}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SearchedGallery:
+    """What one search compares against: eligible templates (this purpose, jurisdiction
+    not excluded, not expired, this embedding space) and the subjects they belong to. The
+    raw score's FPIR counts comparisons (templates); the z-normalised score was calibrated
+    with one template per identity, so it counts subjects."""
+
+    templates: int
+    subjects: int
+
+
+def _searched_gallery(svc: Services, sources: dict[int, Source], now: datetime
+                      ) -> SearchedGallery:
+    with svc.sessions() as session:
+        templates, subjects = session.execute(
+            select(func.count(Template.id), func.count(distinct(Template.subject_id)))
+            .where(Template.source_id.in_(list(sources)), Template.expires_at > now,
+                   Template.space == svc.space)).one()
+    return SearchedGallery(int(templates), int(subjects))
 
 
 def _candidates(svc: Services, face: Face, sources: dict[int, Source], top_k: int,
-                now: datetime, gallery_size: int) -> tuple[list[Candidate], Decision]:
+                now: datetime, gallery: SearchedGallery) -> tuple[list[Candidate], Decision]:
     cal = svc.calibration
     znorm = cal.znorm
     target = svc.settings.target_fpir
     use_z = (cal.decision == "znorm" and znorm is not None
              and svc.settings.search_threshold is None
-             and svc.settings.decision_score == "auto" and znorm.applies(gallery_size))
-    raw_threshold = svc.search_threshold(gallery_size)
+             and svc.settings.decision_score == "auto" and znorm.applies(gallery.subjects))
     if use_z and znorm is not None:
-        ranked = _ranked_subjects(svc, face, sources, now, znorm.k + 1, -np.inf)
-        stats = cohort_stats([h.score for h in ranked], znorm.k)
-        if stats is not None:
+        ranked = _ranked_subjects(svc, face, sources, now, znorm.k + 1, -np.inf,
+                                  limit=COHORT_FETCH_LIMIT)
+        stats = None if ranked is None else cohort_stats([h.score for h in ranked], znorm.k)
+        if ranked is not None and stats is not None:
             mean, std = stats
-            z_threshold = znorm.threshold(target, gallery_size)
+            z_threshold = znorm.threshold(target, gallery.subjects)
             out = []
             for h in ranked[:top_k]:
                 z = (h.score - mean) / std
                 if z >= z_threshold:
-                    out.append(_candidate(h, znorm.fpir(z, gallery_size), z))
-            return out, Decision("znorm", z_threshold)
-    ranked = _ranked_subjects(svc, face, sources, now, top_k, raw_threshold)
-    out = [_candidate(h, cal.fpir(h.score, gallery_size), None)
+                    out.append(_candidate(h, znorm.fpir(z, gallery.subjects), z))
+            return out, Decision("znorm", z_threshold, mean, std)
+    raw_threshold = svc.search_threshold(gallery.templates)
+    ranked = _ranked_subjects(svc, face, sources, now, top_k, raw_threshold) or []
+    out = [_candidate(h, cal.fpir(h.score, gallery.templates), None)
            for h in ranked[:top_k] if h.score >= raw_threshold]
     return out, Decision("raw", raw_threshold)
 
@@ -198,26 +247,30 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
                 f"face {face_index} requested, but the probe has {len(faces)} face(s)")
         faces = [faces[face_index]]
     now = svc.clock.now()
-    gallery_size = svc.gallery.index.count()
+    searched = _searched_gallery(svc, sources, now)
     target = None if svc.settings.search_threshold is not None else svc.settings.target_fpir
     results = []
     with times.stage("search"):
         for f in faces:
-            cands, decision = _candidates(svc, f, sources, top_k, now, gallery_size)
+            cands, decision = _candidates(svc, f, sources, top_k, now, searched)
             results.append(FaceResult(f, cands, decision))
     with svc.sessions.begin() as session:
+        # Enough to re-derive every decision later, and nothing biometric: ids, scores,
+        # the decision rule and its inputs; the probe only as its SHA-256.
         event = audit.append(session, at=now, actor=svc.actor, action="search", details={
             "purpose": purpose, "case": case, "probe_sha256": image.sha256,
             "faces": len(faces), "target_fpir": target, "top_k": top_k,
-            "decisions": [[r.decision.method, round(r.decision.threshold, 6)] for r in results],
-            "gallery_size": gallery_size,
+            "space": svc.space, "gallery_templates": searched.templates,
+            "gallery_subjects": searched.subjects,
+            "decisions": [r.decision.as_dict() for r in results],
             "candidates": [[{"subject_id": c.subject_id, "template_id": c.template_id,
-                             "score": round(c.score, 4)} for c in r.candidates]
-                           for r in results],
+                             "score": round(c.score, 4), "fpir": float(f"{c.fpir:.3g}"),
+                             **({"z": round(c.z, 3)} if c.z is not None else {})}
+                            for c in r.candidates] for r in results],
         })
         event_id = event.id
-    return SearchResult(image.sha256, purpose, case, target, gallery_size, results,
-                        event_id, times)
+    return SearchResult(image.sha256, purpose, case, target, searched.templates,
+                        searched.subjects, results, event_id, times)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,3 +69,28 @@ def test_stranger_samples_cover_every_held_image_at_each_size(tmp_path: Path) ->
         assert np.isfinite(z).all()
     # A stranger's best score stands out more from a larger gallery's runners-up.
     assert np.median(samples[60]) > np.median(samples[30])
+
+
+def test_a_smaller_gallery_is_drawn_from_the_enrolled(tmp_path: Path) -> None:
+    lfw, cache = _world(tmp_path, 0.25)
+    by = devsim.dev_images(lfw, cache)
+    small = devsim.dev_openset(by, cache, gallery_size=50)
+    full = devsim.dev_openset(by, cache)
+    assert small.gallery_size == 50
+    assert full.gallery_size > 150
+    assert small.rank1 >= full.rank1  # fewer look-alikes to confuse
+
+
+def test_choose_decision_reports_every_size(tmp_path: Path) -> None:
+    lfw, cache = _world(tmp_path, 0.25)
+    by = devsim.dev_images(lfw, cache)
+    choice = devsim.choose_decision(by, cache, sizes=(40, 80))
+    assert sorted(choice.by_size)[:2] == [40, 80]
+    assert len(choice.by_size) == 3
+    assert choice.decision in devsim.DECISIONS
+    assert choice.min_gallery in choice.by_size
+    sizes = sorted(choice.by_size)
+    if choice.decision == "znorm":
+        for n in sizes[sizes.index(choice.min_gallery):]:
+            r = choice.by_size[n].fnir_at_fpir_1pct
+            assert r["znorm"] < r["raw"]

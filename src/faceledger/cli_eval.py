@@ -110,12 +110,16 @@ def eval_calibrate(c: Ctx, images: Path, out: Path, cache_dir: Path | None, to_f
     cal = calibrate(images, to_file, _cache(cache_dir), c.settings.workers,
                     pipeline_config(c.settings))
     pts = {f: cal.score_for_fmr(f) for f in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)}
-    chosen = cal.meta["decision_chosen_on"]
+    by_size = cal.meta["decision_chosen_on"]["by_gallery_size"]
+    where = (f" from {cal.znorm.min_gallery} templates" if cal.decision == "znorm"
+             and cal.znorm is not None else "")
     emit({"file": str(to_file), "score_for_fmr": pts, "decision": cal.decision,
           "meta": cal.meta}, as_json,
          f"wrote {to_file}: " + ", ".join(f"FMR {k:g} at {v:.4f}" for k, v in pts.items())
-         + f"\ndecision score: {cal.decision} (development FNIR at FPIR 1%: "
-         + ", ".join(f"{m} {v:.3f}" for m, v in chosen["fnir_at_fpir_1pct"].items()) + ")")
+         + f"\ndecision score: {cal.decision}{where}; development FNIR at FPIR 1% by "
+         "gallery size: " + "; ".join(
+             f"{n}: " + ", ".join(f"{m} {v:.3f}" for m, v in r["fnir_at_fpir_1pct"].items())
+             for n, r in by_size.items()))
 
 
 @eval_group.command("fit-sface-template")

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from faceledger import errors
 from faceledger.eval import metrics
 from faceledger.eval.embeddings import EmbeddingCache
 from faceledger.eval.openset import ZNORM_K, decision_scores, dev_identities
 
 FOLDS = 5
-ZNORM_SIZES = (150, 300, 600, 1000, 1700)
+ZNORM_SIZES = (150, 300, 600, 1000, 1600)  # each fold can supply 1,600 identities
+DECISION_SIZES = (150, 300, 600, 1000)  # and the full development gallery (~1,700)
 DECISIONS = ("raw", "znorm")
 
 
@@ -54,7 +56,11 @@ def nonmated_z_samples(by: dict[str, list[int]], cache: EmbeddingCache, k: int =
         for fold in range(FOLDS):
             gal = [w for w in names if fold_of(w) != fold]
             probes = [i for w in names if fold_of(w) == fold for i in by[w]]
-            pick = rng.choice(len(gal), size=min(n, len(gal)), replace=False)
+            if n > len(gal):
+                raise errors.InvalidRequest(
+                    f"a simulated gallery of {n} needs more than the {len(gal)} development "
+                    "identities available")
+            pick = rng.choice(len(gal), size=n, replace=False)
             g = cache.vectors[[by[gal[j]][0] for j in pick]]
             zs.append(decision_scores(cache.vectors[probes] @ g.T, "znorm", k))
         out[n] = np.concatenate(zs)
@@ -73,12 +79,20 @@ class DevOpenSet:
         return min(self.fnir_at_fpir_1pct, key=lambda m: self.fnir_at_fpir_1pct[m])
 
 
-def dev_openset(by: dict[str, list[int]], cache: EmbeddingCache) -> DevOpenSet:
+def dev_openset(by: dict[str, list[int]], cache: EmbeddingCache,
+                gallery_size: int | None = None, seed: int = 0) -> DevOpenSet:
+    """The simulation with every other fold's identity enrolled, or ``gallery_size`` of
+    them drawn at random (their mated probes only)."""
     names = sorted(by)
+    rng = np.random.default_rng(seed)
     sizes, rank1 = [], []
     fnir: dict[str, list[float]] = {m: [] for m in DECISIONS}
     for fold in range(FOLDS):
         enrolled = [w for w in names if fold_of(w) != fold]
+        if gallery_size is not None:
+            pick = rng.choice(len(enrolled), size=min(gallery_size, len(enrolled)),
+                              replace=False)
+            enrolled = [enrolled[j] for j in sorted(pick)]
         g = cache.vectors[[by[w][0] for w in enrolled]]
         mated = [(i, n) for n, w in enumerate(enrolled) for i in by[w][1:]]
         strangers = [i for w in names if fold_of(w) == fold for i in by[w]]
@@ -93,3 +107,30 @@ def dev_openset(by: dict[str, list[int]], cache: EmbeddingCache) -> DevOpenSet:
             fnir[method].append(r.fnir_at[0.01])
     return DevOpenSet(float(np.mean(sizes)), float(np.mean(rank1)),
                       {m: float(np.mean(v)) for m, v in fnir.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionChoice:
+    """``decision``: ``znorm`` if it beat ``raw`` on the full development gallery, and
+    ``min_gallery``: the smallest simulated size from which it wins at every larger size
+    (``raw`` decides below). ``by_size``: the evidence."""
+
+    decision: str
+    min_gallery: int
+    by_size: dict[int, DevOpenSet]
+
+
+def choose_decision(by: dict[str, list[int]], cache: EmbeddingCache,
+                    sizes: tuple[int, ...] = DECISION_SIZES) -> DecisionChoice:
+    sims = {n: dev_openset(by, cache, n) for n in sizes}
+    full = dev_openset(by, cache)
+    sims[round(full.gallery_size)] = full
+    ordered = sorted(sims)
+    wins = [sims[n].fnir_at_fpir_1pct["znorm"] < sims[n].fnir_at_fpir_1pct["raw"]
+            for n in ordered]
+    if not wins[-1]:
+        return DecisionChoice("raw", ordered[-1], sims)
+    first = len(wins) - 1
+    while first > 0 and wins[first - 1]:
+        first -= 1
+    return DecisionChoice("znorm", ordered[first], sims)

@@ -21,7 +21,7 @@ from faceledger.governance.calibration import Calibration, fit, fit_znorm
 from faceledger.vision.embedders import embedder_spec
 from faceledger.vision.pipeline import PipelineConfig
 
-ZNORM_MIN_GALLERY = 300
+ZNORM_MIN_GALLERY = 150  # the smallest simulated size: no z below it
 
 
 def _provenance(config: PipelineConfig) -> dict[str, Any]:
@@ -104,18 +104,23 @@ def calibrate(images: Path, out_file: Path, cache_dir: Path, workers: int,
             **_provenance(config)}
     cal = fit(scores, embedder_spec(config.embedder).space, meta)
     by = devsim.dev_images(images, cache)
+    choice = devsim.choose_decision(by, cache)
     znorm = fit_znorm(devsim.nonmated_z_samples(by, cache), openset.ZNORM_K,
-                      min_gallery=ZNORM_MIN_GALLERY, meta={
+                      min_gallery=max(choice.min_gallery, ZNORM_MIN_GALLERY), meta={
         "data": "strangers' best z-normalised score in simulated galleries of development "
                 "identities (5 folds by SHA-256 of the name; galleries of one image per "
                 "identity; every image of the held fold is a probe)"})
-    sim = devsim.dev_openset(by, cache)
-    cal = dataclasses.replace(cal, znorm=znorm, decision=sim.best(), meta={
+    cal = dataclasses.replace(cal, znorm=znorm, decision=choice.decision, meta={
         **cal.meta, "decision_chosen_on": {
             "simulation": "development identities, 5 folds: each fold's identities are "
-                          "strangers, the others enrolled with their first image",
-            "gallery_size": sim.gallery_size, "rank1": sim.rank1,
-            "fnir_at_fpir_1pct": sim.fnir_at_fpir_1pct}})
+                          "strangers; the others (or a random subset of the given size) "
+                          "are enrolled with their first image",
+            "rule": "znorm if it has the lower FNIR at FPIR 1% on the full gallery; it "
+                    "then applies from the smallest size where it wins at every larger "
+                    "size (never below 150 templates)",
+            "by_gallery_size": {str(n): {"rank1": r.rank1,
+                                         "fnir_at_fpir_1pct": r.fnir_at_fpir_1pct}
+                                for n, r in sorted(choice.by_size.items())}}})
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(cal.to_json(), indent=1) + "\n")
     return cal

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from faceledger import errors
 
@@ -60,22 +60,31 @@ class ZNormCalibration:
     def applies(self, gallery_size: int) -> bool:
         return gallery_size >= self.min_gallery
 
-    def _z_levels(self, gallery_size: int) -> np.ndarray:
+    def _z_levels(self, gallery_size: int) -> NDArray[np.float64]:
         z = np.asarray(self.a) + np.asarray(self.b) * math.log(max(gallery_size, 1))
-        return np.maximum.accumulate(z)  # rarer level -> higher z, enforced
+        out: NDArray[np.float64] = np.maximum.accumulate(z)  # rarer -> higher z, enforced
+        return out
+
+    def _tail_slope(self, zl: NDArray[np.float64], logq: NDArray[np.float64]) -> float:
+        """d log10(FPIR) / dz of the last segment: used beyond the rarest level, by both
+        ``threshold`` and ``fpir`` so that they stay each other's inverse."""
+        return float((logq[-1] - logq[-2]) / max(zl[-1] - zl[-2], 1e-6))
 
     def threshold(self, target: float, gallery_size: int) -> float:
         if not 0 < target < 1:
             raise errors.ConfigError(f"a target FPIR must be in (0, 1), got {target}")
-        z = self._z_levels(gallery_size)
+        zl = self._z_levels(gallery_size)
         logq = np.log10(np.asarray(self.levels))
-        return float(np.interp(math.log10(target), logq[::-1], z[::-1]))
+        lt = math.log10(target)
+        if lt < logq[-1]:  # rarer than the rarest level: extrapolated (model card)
+            return float(zl[-1] + (lt - logq[-1]) / self._tail_slope(zl, logq))
+        return float(np.interp(lt, logq[::-1], zl[::-1]))
 
     def fpir(self, z: float, gallery_size: int) -> float:
         zl = self._z_levels(gallery_size)
         logq = np.log10(np.asarray(self.levels))
         if z >= zl[-1]:  # beyond the rarest level: extend the last segment's slope
-            slope = (logq[-1] - logq[-2]) / max(zl[-1] - zl[-2], 1e-9)
+            slope = self._tail_slope(zl, logq)
             return float(max(10.0 ** (logq[-1] + slope * (z - zl[-1])), FMR_FLOOR))
         return float(min(10.0 ** np.interp(z, zl, logq), 1.0))
 
@@ -200,16 +209,18 @@ def fit(impostor_scores: ArrayLike, space: str, meta: dict[str, Any],
         min_count: int = 20) -> Calibration:
     """Build a calibration from impostor scores (pairs of different people).
 
-    Points: the empirical FMR at log-spaced rates from 0.5 down to the rate at which only
-    ``min_count`` impostor scores remain above (below that the estimate is noise). Tail:
-    least-squares line through log10 FMR over the last decade of measured points.
+    Points: the empirical FMR at log-spaced rates from 1 (the lowest impostor score) down
+    to the rate at which only ``min_count`` impostor scores remain above (below that the
+    estimate is noise). Tail: the slope of a least-squares line through log10 FMR over the
+    last decade of measured points, anchored at the last point so that FMR(s) is
+    continuous and strictly falling, and every threshold rises with the gallery.
     """
     s = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
     n = s.size
     if n < 1000:
         raise errors.InvalidRequest(f"{n} impostor scores are too few to calibrate")
     lowest = min_count / n
-    rates = np.logspace(np.log10(0.5), np.log10(lowest), 60)
+    rates = np.logspace(0.0, np.log10(lowest), 80)
     scores: list[float] = []
     fmrs: list[float] = []
     for r in rates:
@@ -222,9 +233,10 @@ def fit(impostor_scores: ArrayLike, space: str, meta: dict[str, Any],
         fmrs.append(fmr)
     scores_arr, fmrs_arr = np.asarray(scores), np.asarray(fmrs)
     tail_mask = fmrs_arr <= fmrs_arr[-1] * 10
-    b, a = np.polyfit(scores_arr[tail_mask], np.log10(fmrs_arr[tail_mask]), 1)
+    b = float(np.polyfit(scores_arr[tail_mask], np.log10(fmrs_arr[tail_mask]), 1)[0])
     if b >= 0:
         raise errors.InvalidRequest("impostor tail does not fall with the score")
+    a = math.log10(fmrs_arr[-1]) - b * scores_arr[-1]
     return Calibration(space, tuple(scores), tuple(fmrs), float(a), float(b),
                        {**meta, "impostor_pairs": int(n), "measured_down_to_fmr": fmrs[-1]})
 

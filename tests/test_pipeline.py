@@ -10,7 +10,7 @@ import pytest
 
 from faceledger import errors
 from faceledger.vision.imaging import ImageLimits, decode_image
-from faceledger.vision.models import ModelFile, verified_bytes, verified_model
+from faceledger.vision.models import ModelFile, verified_bytes, verified_copy, verified_model
 from faceledger.vision.pipeline import FacePipeline
 
 LIMITS = ImageLimits()
@@ -113,6 +113,21 @@ def test_tampered_sface_weights_are_refused(tmp_path: Path) -> None:
     with pytest.raises(errors.ModelIntegrityError, match="SHA-256"):
         verified_bytes(ModelFile.SFACE, tmp_path)
     assert len(verified_bytes(ModelFile.SFACE)) == len(data)
+
+
+def test_dlib_loads_a_private_copy_of_the_checked_bytes(tmp_path: Path) -> None:
+    good = verified_model(ModelFile.LANDMARKS_5)
+    with verified_copy(ModelFile.LANDMARKS_5) as path:
+        assert path.read_bytes() == good.path.read_bytes()
+        assert path.parent != good.path.parent
+        assert path.parent.stat().st_mode & 0o077 == 0  # private to this user
+    assert not path.exists()
+    data = bytearray(good.path.read_bytes())
+    data[-1] ^= 0x01
+    (tmp_path / good.path.name).write_bytes(bytes(data))
+    with pytest.raises(errors.ModelIntegrityError), \
+            verified_copy(ModelFile.LANDMARKS_5, tmp_path):
+        pass
 
 
 def test_missing_weights_are_refused(tmp_path: Path) -> None:

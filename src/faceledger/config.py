@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from faceledger.vision.embedders import EmbedderName
+from faceledger.vision.embedder_names import EmbedderName
 
 DetectorName = Literal["hog", "cnn", "hog+cnn"]
 IndexBackendName = Literal["faiss-flat", "exact"]
@@ -32,7 +32,10 @@ class Settings(BaseSettings):
         default="dlib+sface",
         description="Face model(s): dlib+sface (fused, default) or dlib (dlib alone). A "
                     "store's templates are all of one; changing it needs a re-enrolment.")
-    detector: DetectorName = "hog"
+    detector: DetectorName = Field(
+        default="hog+cnn",
+        description="hog, cnn, or hog+cnn: HOG, and the CNN only when HOG finds no face "
+                    "(on at most 0.5 Mpixel: ~1 s). The default.")
     upsample: int = Field(default=1, ge=0, le=3, description="Detector upsampling passes.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)

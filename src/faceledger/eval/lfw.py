@@ -21,9 +21,11 @@ from numpy.typing import NDArray
 from faceledger import errors
 from faceledger.eval import metrics
 from faceledger.eval.embeddings import EmbeddingCache, embed_folder
+from faceledger.vision.embedders import embedder_spec
 from faceledger.vision.pipeline import PipelineConfig
 
 NO_FACE_SCORE = -1.0
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +46,14 @@ def parse_pairs(path: Path) -> list[Pair]:
         lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
     except OSError as exc:
         raise errors.InvalidRequest(f"cannot read pairs file {path}: {exc}") from exc
-    header = lines[0]
-    folds, per = (int(header[0]), int(header[1])) if len(header) == 2 else (1, int(header[0]))
+    try:
+        header = lines[0]
+        folds, per = ((int(header[0]), int(header[1])) if len(header) == 2
+                      else (1, int(header[0])))
+    except (IndexError, ValueError) as exc:
+        raise errors.InvalidRequest(
+            f"{path.name}: the first line must give the pair count (View 1) or the folds "
+            "and pairs per fold (View 2)") from exc
     body = lines[1:]
     if len(body) != folds * per * 2:
         raise errors.InvalidRequest(
@@ -53,31 +61,47 @@ def parse_pairs(path: Path) -> list[Pair]:
     pairs = []
     for n, parts in enumerate(body):
         fold = n // (2 * per)
-        if len(parts) == 3:
-            pairs.append(Pair(_path(parts[0], parts[1]), _path(parts[0], parts[2]), True, fold))
-        elif len(parts) == 4:
-            pairs.append(Pair(_path(parts[0], parts[1]), _path(parts[2], parts[3]), False,
-                              fold))
-        else:
-            raise errors.InvalidRequest(f"{path.name} line {n + 2}: cannot parse {parts}")
+        try:
+            if len(parts) == 3:
+                pairs.append(Pair(_path(parts[0], parts[1]), _path(parts[0], parts[2]), True,
+                                  fold))
+                continue
+            if len(parts) == 4:
+                pairs.append(Pair(_path(parts[0], parts[1]), _path(parts[2], parts[3]), False,
+                                  fold))
+                continue
+        except ValueError:
+            pass
+        raise errors.InvalidRequest(f"{path.name} line {n + 2}: cannot parse {parts}")
     return pairs
+
+
+def cache_file(images: Path, config: PipelineConfig, cache_dir: Path) -> Path:
+    """The cache file for (image folder, pipeline settings, embedding space)."""
+    space = embedder_spec(config.embedder).space
+    settings = repr(dataclasses.replace(config, threads=0))
+    key = hashlib.sha256(
+        f"{CACHE_FORMAT}|{space}|{settings}|{images.resolve()}".encode()).hexdigest()[:16]
+    return cache_dir / f"embeddings-{key}.npz"
 
 
 def cached_embeddings(images: Path, rel_paths: list[str], config: PipelineConfig,
                       cache_dir: Path, workers: int) -> EmbeddingCache:
     """Embeddings for ``rel_paths`` under ``images``, from an incremental cache.
 
-    One cache file per (image folder, pipeline settings); images it lacks are embedded and
-    merged in, so later runs over any subset of the folder cost nothing.
+    One cache file per (image folder, pipeline settings, space); images it lacks are
+    embedded and merged in, so later runs over any subset of the folder cost nothing. A
+    file whose vectors are of another space is ignored, never mixed in.
     """
-    settings = repr(dataclasses.replace(config, threads=0))
-    key = hashlib.sha256((settings + str(images.resolve())).encode()).hexdigest()[:16]
-    cache_file = cache_dir / f"embeddings-{key}.npz"
-    cached = EmbeddingCache.load(cache_file) if cache_file.exists() else None
+    path = cache_file(images, config, cache_dir)
+    space = embedder_spec(config.embedder).space
+    cached = EmbeddingCache.load(path) if path.exists() else None
+    if cached is not None and cached.space != space:
+        cached = None
     have = set(cached.lookup()) if cached else set()
     todo = sorted(set(rel_paths) - have)
-    if not todo and cached is not None:
-        return cached
+    if not todo:
+        return cached if cached is not None else embed_folder(images, [], config, workers)
     files = [images / p for p in todo]
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -88,7 +112,7 @@ def cached_embeddings(images: Path, rel_paths: list[str], config: PipelineConfig
         np.concatenate([cached.vectors, fresh.vectors]),
         np.concatenate([cached.faces, fresh.faces]),
         np.concatenate([cached.found_by, fresh.found_by]))
-    merged.save(cache_file)
+    merged.save(path)
     return merged
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from faceledger import errors
 from faceledger.eval import metrics
 from faceledger.eval.embeddings import EmbeddingCache
 
@@ -29,8 +30,16 @@ ZNORM_K = 100
 
 
 def dev_identities(lfw: Path) -> set[str]:
+    """The identities of View 1 ``pairsDevTrain.txt``: LFW's development identities."""
+    path = lfw / "pairsDevTrain.txt"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise errors.InvalidRequest(
+            f"{path} is needed to tell development identities from test ones: {exc}"
+        ) from exc
     names: set[str] = set()
-    for line in (lfw / "pairsDevTrain.txt").read_text().splitlines()[1:]:
+    for line in text.splitlines()[1:]:
         parts = line.split()
         if len(parts) == 3:
             names.add(parts[0])
@@ -106,6 +115,8 @@ def run(protocol: Protocol, cache: EmbeddingCache) -> OpenSetRun:
     at = cache.lookup()
     has = cache.has_face()
     gal = [(img, who) for img, who in protocol.gallery if has[at[img]]]
+    if not gal or not protocol.nonmated:
+        raise errors.InvalidRequest("the open-set protocol is empty: is this the LFW folder?")
     enrolled = {who for _, who in gal}
     g_vecs = np.stack([cache.vectors[at[img]] for img, _ in gal])
     g_ids = np.array([who for _, who in gal])
@@ -147,6 +158,8 @@ def impostor_scores(lfw: Path, cache: EmbeddingCache) -> tuple[NDArray[np.float6
     at = cache.lookup()
     rows = [(i, str(p).split("/")[0]) for p, i in at.items() if str(p).split("/")[0] in dev]
     rows = [(i, who) for i, who in rows if not np.isnan(cache.vectors[i]).any()]
+    if len({w for _, w in rows}) < 2:
+        raise errors.InvalidRequest("impostor pairs need images of 2+ development identities")
     idx = np.array([i for i, _ in rows])
     who = np.array([w for _, w in rows])
     vecs = cache.vectors[idx].astype(np.float32)

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from faceledger import errors
 from faceledger.eval.openset import dev_identities
 from faceledger.vision.align import FivePointAligner, similarity_transform
 from faceledger.vision.detect import HogDetector
 from faceledger.vision.imaging import ImageLimits, decode_image
-from faceledger.vision.models import ModelFile, verified_bytes, verified_model
+from faceledger.vision.models import ModelFile, verified_bytes, verified_copy
 from faceledger.vision.sface import ARCFACE_112, quiet_opencv
 
 _state: dict[str, Any] = {}
@@ -40,11 +41,12 @@ class TemplateFit:
 def _init() -> None:
     import cv2
 
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     quiet_opencv()
     cv2.setNumThreads(1)
     _state["hog"] = HogDetector(1)
-    _state["aligner"] = FivePointAligner(verified_model(ModelFile.LANDMARKS_5).path)
+    with verified_copy(ModelFile.LANDMARKS_5) as path:
+        _state["aligner"] = FivePointAligner(path)
     buf = np.frombuffer(verified_bytes(ModelFile.YUNET), dtype=np.uint8)
     _state["yunet"] = cv2.FaceDetectorYN.create("onnx", buf, np.empty(0, np.uint8),
                                                 (250, 250), 0.6, 0.3, 50)
@@ -81,7 +83,9 @@ def fit_sface_template(lfw: Path, workers: int) -> TemplateFit:
     with mp.get_context("spawn").Pool(max(workers, 1), initializer=_init) as pool:
         found = [p for p in pool.imap(_one, files, chunksize=32) if p is not None]
     if not found:
-        raise ValueError("no development image gave both dlib and YuNet landmarks")
+        raise errors.InvalidRequest(
+            f"no image of the development identities under {lfw} gave both dlib and YuNet "
+            "landmarks: is it the LFW folder?")
     stack = np.stack(found)
     template = np.median(stack, axis=0)
     spread = np.median(np.abs(stack - template), axis=0)

@@ -99,7 +99,7 @@ _worker: dict[str, FacePipeline] = {}
 
 
 def _init_worker(config: PipelineConfig) -> None:
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core per worker, set before dlib
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # one core per worker, set before dlib
     _worker["pipeline"] = build_pipeline(config)
 
 

@@ -7,27 +7,25 @@ Each name fixes an embedding space, its dimension and the calibration file shipp
 these are known without loading any model (``embedder_spec``). Choices and the numbers
 behind them (measured on LFW development data only) are in docs/evaluation.md:
 
-* fused: dlib unmirrored (mirroring adds nothing once fused), SFace mirror-averaged, weights
-  0.6 / 0.4 (development open-set simulation: rank-1 and FNIR at FPIR 1% flat from 0.4 to
-  0.6 dlib weight, rank-1 best at 0.6-0.7);
-* dlib alone: mirror-averaged (development FNIR at FPIR 1% 0.36 -> 0.32, rank-1 +2 points).
+* fused: dlib unmirrored (mirroring it adds nothing once fused: development FNIR at FPIR 1%
+  0.028 vs 0.027), SFace mirror-averaged (0.030 -> 0.028), weights 0.6 / 0.4 (FNIR flat
+  from 0.4 to 0.6 dlib weight, rank-1 best at 0.6-0.7);
+* dlib alone: mirror-averaged (development FNIR 0.489 -> 0.409, rank-1 0.931 -> 0.945).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from types import MappingProxyType
 
 from faceledger import errors
 from faceledger.vision.embed import DlibResNetEmbedder, FaceEmbedder, FusedEmbedder, dlib_space
 from faceledger.vision.embed import fused_space as _fused_space
-from faceledger.vision.models import ModelFile, verified_bytes, verified_model
+from faceledger.vision.embedder_names import EMBEDDERS, EmbedderName
+from faceledger.vision.models import ModelFile, verified_bytes, verified_copy
 from faceledger.vision.sface import SFaceEmbedder, sface_space
 
-EmbedderName = Literal["dlib+sface", "dlib"]
-EMBEDDERS: tuple[str, ...] = get_args(EmbedderName)
-
-FUSION_WEIGHTS = {"dlib": 0.6, "sface": 0.4}
+FUSION_WEIGHTS = MappingProxyType({"dlib": 0.6, "sface": 0.4})
 DLIB_FLIP_ALONE = True
 DLIB_FLIP_FUSED = False
 SFACE_FLIP = True
@@ -39,6 +37,10 @@ class EmbedderSpec:
     space: str
     dim: int
     calibration_file: str  # in faceledger/governance/calibrations/
+
+
+__all__ = ["EMBEDDERS", "FUSION_WEIGHTS", "EmbedderName", "EmbedderSpec", "build_embedder",
+           "embedder_spec"]
 
 
 def embedder_spec(name: str) -> EmbedderSpec:
@@ -56,11 +58,11 @@ def build_embedder(name: str, threads: int = 0) -> FaceEmbedder:
     spec = embedder_spec(name)
     embedder: FaceEmbedder
     if name == "dlib":
-        embedder = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path,
-                                      flip=DLIB_FLIP_ALONE)
+        with verified_copy(ModelFile.RESNET_V1) as path:
+            embedder = DlibResNetEmbedder(path, flip=DLIB_FLIP_ALONE)
     else:
-        dlib_part = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path,
-                                       flip=DLIB_FLIP_FUSED)
+        with verified_copy(ModelFile.RESNET_V1) as path:
+            dlib_part = DlibResNetEmbedder(path, flip=DLIB_FLIP_FUSED)
         sface_part = SFaceEmbedder(verified_bytes(ModelFile.SFACE), flip=SFACE_FLIP,
                                    threads=threads)
         embedder = FusedEmbedder([(dlib_part, FUSION_WEIGHTS["dlib"]),

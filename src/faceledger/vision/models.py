@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -117,3 +120,15 @@ def verified_bytes(model: ModelFile, directory: Path | None = None) -> bytes:
     data = path.read_bytes()
     _check(model, path, hashlib.sha256(data).hexdigest())
     return data
+
+
+@contextmanager
+def verified_copy(model: ModelFile, directory: Path | None = None) -> Iterator[Path]:
+    """A private copy (in a fresh 0700 temporary folder) of ``model``'s checked bytes, for
+    loaders that only read by path (dlib): what was checked is what is loaded, even if the
+    installed file changes in between. Removed when the block ends."""
+    data = verified_bytes(model, directory)
+    with tempfile.TemporaryDirectory(prefix="faceledger-model-") as tmp:
+        path = Path(tmp) / model.filename
+        path.write_bytes(data)
+        yield path

@@ -7,19 +7,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from faceledger import errors
 from faceledger.vision.align import FivePointAligner
 from faceledger.vision.detect import CnnDetector, FaceDetector, FallbackDetector, HogDetector
 from faceledger.vision.embed import FaceEmbedder
 from faceledger.vision.embedders import build_embedder
 from faceledger.vision.imaging import DecodedImage, ImageLimits, decode_image
-from faceledger.vision.models import ModelFile, verified_model
+from faceledger.vision.models import ModelFile, verified_copy
 from faceledger.vision.quality import QualityRules, measure
 from faceledger.vision.types import Box, Embedding, Quality
 
 # A second usable face must be at most this fraction of the largest one's area for the
 # largest to count as "the" face of an enrolment photo (background faces are tolerated).
 DOMINANCE_RATIO = 0.5
+
+
+# The CNN, as a fallback, sees at most this many pixels (after upsampling): ~1 s here.
+FALLBACK_CNN_MAX_PIXELS = 500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,7 @@ class Face:
     quality: Quality
     refusal: str | None
     embedding: Embedding
+    detector: str = ""  # which detector found it
 
 
 @dataclass(slots=True)
@@ -51,7 +58,7 @@ class PipelineConfig:
     """``embedder``: a name from ``vision.embedders``; ``threads`` > 0 caps the threads a
     model may use in this process (ingest workers use 1 each)."""
 
-    detector: str = "hog"
+    detector: str = "hog+cnn"
     upsample: int = 1
     embedder: str = "dlib+sface"
     threads: int = 0
@@ -89,7 +96,13 @@ class FacePipeline:
         if not detections:
             return []
         with times.stage("landmarks"):
-            aligned = [self.aligner.align(image.pixels, d.box) for d in detections]
+            pairs = [(d, self.aligner.align(image.pixels, d.box)) for d in detections]
+            # Landmarks piled on one spot (a sliver of a box) cannot be aligned: such a
+            # detection is dropped rather than fail the whole photo.
+            pairs = [(d, a) for d, a in pairs if float(np.ptp(a.landmarks, axis=0).max()) >= 2]
+            detections, aligned = [d for d, _ in pairs], [a for _, a in pairs]
+        if not detections:
+            return []
         with times.stage("embed"):
             vectors = self.embedder.embed(image.pixels, aligned)
         result = []
@@ -97,7 +110,7 @@ class FacePipeline:
             box = det.box.clipped(image.width, image.height)
             quality = measure(det.box, al)
             refusal = self.config.rules.refusal(quality)
-            result.append(Face(box, det.confidence, quality, refusal, vec))
+            result.append(Face(box, det.confidence, quality, refusal, vec, det.source))
         result.sort(key=lambda f: f.box.area, reverse=True)
         return result
 
@@ -129,19 +142,22 @@ def _describe(q: Quality) -> str:
 
 
 def build_pipeline(config: PipelineConfig) -> FacePipeline:
-    """Load (and SHA-256 check) the weights and build the pipeline. Slow: call once."""
+    """Load (SHA-256 checked) weights and build the pipeline. Slow: call once."""
     detector: FaceDetector
     if config.detector == "hog":
         detector = HogDetector(config.upsample)
     elif config.detector == "cnn":
-        detector = CnnDetector(verified_model(ModelFile.MMOD_CNN).path, config.upsample)
+        with verified_copy(ModelFile.MMOD_CNN) as path:
+            detector = CnnDetector(path, config.upsample)
     elif config.detector == "hog+cnn":
-        detector = FallbackDetector(
-            HogDetector(config.upsample),
-            CnnDetector(verified_model(ModelFile.MMOD_CNN).path, config.upsample))
+        with verified_copy(ModelFile.MMOD_CNN) as path:
+            detector = FallbackDetector(
+                HogDetector(config.upsample),
+                CnnDetector(path, config.upsample, max_pixels=FALLBACK_CNN_MAX_PIXELS))
     else:
         raise errors.ConfigError(
             f"unknown detector {config.detector!r}; use 'hog', 'cnn' or 'hog+cnn'")
-    aligner = FivePointAligner(verified_model(ModelFile.LANDMARKS_5).path)
+    with verified_copy(ModelFile.LANDMARKS_5) as path:
+        aligner = FivePointAligner(path)
     return FacePipeline(detector, aligner, build_embedder(config.embedder, config.threads),
                         config)

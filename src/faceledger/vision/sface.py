@@ -36,6 +36,8 @@ ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.736
 DLIB5_IN_ARCFACE112 = np.array([[79.60, 53.22], [65.85, 53.71], [30.86, 53.57],
                                 [44.69, 53.88], [55.36, 80.43]], dtype=np.float64)
 TEMPLATE_ID = "dlib5-arcface112-v1"
+ARCFACE_112.setflags(write=False)
+DLIB5_IN_ARCFACE112.setflags(write=False)
 
 
 def sface_space(flip: bool) -> str:

@@ -38,8 +38,11 @@ class Box:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
+    """``source``: the name of the detector that found it (``dlib-hog``, ``dlib-cnn-mmod``)."""
+
     box: Box
     confidence: float
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,15 +18,21 @@ def eval_group() -> None:
     """Measure accuracy with the product's own pipeline (LFW protocols, calibration)."""
 
 
-def _eval_opts(fn: F) -> F:
+def _input_opts(fn: F) -> F:
+    """--images and --cache: what every command that embeds LFW takes."""
     fn = click.option("--images", type=click.Path(exists=True, file_okay=False,
                                                   path_type=Path), required=True,
                       help="The LFW folder (<Name>/<Name>_NNNN.jpg).")(fn)
-    fn = click.option("--out", type=click.Path(path_type=Path), default=Path("eval-results"),
-                      show_default=True, help="Folder for JSON results and PNG plots.")(fn)
     return click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
                         default=None,
                         help="Embedding cache folder [default: ~/.cache/faceledger/eval].")(fn)
+
+
+def _eval_opts(fn: F) -> F:
+    """The inputs, and --out for the commands that write results and plots."""
+    fn = click.option("--out", type=click.Path(path_type=Path), default=Path("eval-results"),
+                      show_default=True, help="Folder for JSON results and PNG plots.")(fn)
+    return _input_opts(fn)
 
 
 def _cache(cache_dir: Path | None) -> Path:
@@ -93,14 +99,14 @@ def eval_lfw_openset(c: Ctx, images: Path, out: Path, cache_dir: Path | None,
 
 
 @eval_group.command("calibrate")
-@_eval_opts
+@_input_opts
 @click.option("--to", "to_file", type=click.Path(path_type=Path), required=True,
               help="Calibration JSON to write (the shipped ones live in "
                    "src/faceledger/governance/calibrations/).")
 @json_option
 @pass_ctx
 @handles_errors
-def eval_calibrate(c: Ctx, images: Path, out: Path, cache_dir: Path | None, to_file: Path,
+def eval_calibrate(c: Ctx, images: Path, cache_dir: Path | None, to_file: Path,
                    as_json: bool) -> None:
     """Fit score -> FMR from impostor pairs of the LFW development identities, and choose
     the decision score on a development open-set simulation."""

@@ -9,7 +9,6 @@ are enrolled with their first image (their further images are mated probes).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +18,11 @@ from numpy.typing import NDArray
 from faceledger import errors
 from faceledger.eval import metrics
 from faceledger.eval.embeddings import EmbeddingCache
-from faceledger.eval.openset import ZNORM_K, decision_scores, dev_identities
+from faceledger.eval.openset import FOLDS, ZNORM_K, decision_scores, dev_identities, fold_of
 
-FOLDS = 5
 ZNORM_SIZES = (150, 300, 600, 1000, 1600)  # each fold can supply 1,600 identities
 DECISION_SIZES = (150, 300, 600, 1000)  # and the full development gallery (~1,700)
 DECISIONS = ("raw", "znorm")
-
-
-def fold_of(name: str) -> int:
-    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % FOLDS
 
 
 def dev_images(lfw: Path, cache: EmbeddingCache) -> dict[str, list[int]]:
@@ -126,8 +120,7 @@ def choose_decision(by: dict[str, list[int]], cache: EmbeddingCache,
     full = dev_openset(by, cache)
     sims[round(full.gallery_size)] = full
     ordered = sorted(sims)
-    wins = [sims[n].fnir_at_fpir_1pct["znorm"] < sims[n].fnir_at_fpir_1pct["raw"]
-            for n in ordered]
+    wins = [sims[n].best() == "znorm" for n in ordered]
     if not wins[-1]:
         return DecisionChoice("raw", ordered[-1], sims)
     first = len(wins) - 1

@@ -21,8 +21,6 @@ from faceledger.governance.calibration import Calibration, fit, fit_znorm
 from faceledger.vision.embedders import embedder_spec
 from faceledger.vision.pipeline import PipelineConfig
 
-ZNORM_MIN_GALLERY = 150  # the smallest simulated size: no z below it
-
 
 def _provenance(config: PipelineConfig) -> dict[str, Any]:
     import cv2
@@ -83,7 +81,7 @@ def _slug(embedder: str) -> str:
     return embedder.replace("+", "-")
 
 
-def all_lfw(images: Path, cache_dir: Path, workers: int,
+def _all_lfw(images: Path, cache_dir: Path, workers: int,
             config: PipelineConfig) -> EmbeddingCache:
     rel = [f"{d.name}/{f.name}" for d in sorted(images.iterdir()) if d.is_dir()
            for f in sorted(d.glob("*.jpg"))]
@@ -94,7 +92,7 @@ def calibrate(images: Path, out_file: Path, cache_dir: Path, workers: int,
               config: PipelineConfig) -> Calibration:
     """Fit score -> FMR on development impostor pairs, fit the z-normalised score's FPIR
     by simulation, and choose the decision score on the development open-set simulation."""
-    cache = all_lfw(images, cache_dir, workers, config)
+    cache = _all_lfw(images, cache_dir, workers, config)
     scores, identities, n_images = openset.impostor_scores(images, cache)
     meta = {"data": "LFW identities of View 1 pairsDevTrain.txt (development only): every "
                     "pair of images of two different identities",
@@ -106,7 +104,7 @@ def calibrate(images: Path, out_file: Path, cache_dir: Path, workers: int,
     by = devsim.dev_images(images, cache)
     choice = devsim.choose_decision(by, cache)
     znorm = fit_znorm(devsim.nonmated_z_samples(by, cache), openset.ZNORM_K,
-                      min_gallery=max(choice.min_gallery, ZNORM_MIN_GALLERY), meta={
+                      min_gallery=choice.min_gallery, meta={
         "data": "strangers' best z-normalised score in simulated galleries of development "
                 "identities (5 folds by SHA-256 of the name; galleries of one image per "
                 "identity; every image of the held fold is a probe)"})
@@ -135,7 +133,7 @@ def _check(target: float, threshold: float, nonmated: NDArray[np.float64],
 
 def lfw_openset(images: Path, out: Path, cache_dir: Path, workers: int,
                 config: PipelineConfig, calibration: Calibration) -> dict[str, Any]:
-    cache = all_lfw(images, cache_dir, workers, config)
+    cache = _all_lfw(images, cache_dir, workers, config)
     r = openset.run(openset.build_protocol(images), cache)
     n = r.gallery_size
     result: dict[str, Any] = {

@@ -8,7 +8,7 @@ test-time augmentation: templates from different spaces are never compared.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +46,20 @@ def mirror_mean(plain: NDArray[np.float32], mirrored: NDArray[np.float32]
     return l2_normalise(l2_normalise(plain) + l2_normalise(mirrored))
 
 
+def embed_chips(chips: list[NDArray[np.uint8]], flip: bool, dim: int,
+                run: Callable[[list[NDArray[np.uint8]]], NDArray[np.float32]]
+                ) -> NDArray[np.float32]:
+    """Unit-length descriptors (len(chips), dim) from ``run`` (raw descriptors of a batch of
+    chips); with ``flip``, the mirror images go in the same batch and each face's two are
+    averaged (``mirror_mean``)."""
+    if not chips:
+        return np.zeros((0, dim), dtype=np.float32)
+    n = len(chips)
+    batch = chips + [np.ascontiguousarray(c[:, ::-1]) for c in chips] if flip else chips
+    raw = run(batch)
+    return mirror_mean(raw[:n], raw[n:]) if flip else l2_normalise(raw)
+
+
 def augmentation_tag(flip: bool) -> str:
     return "flip/l2" if flip else "l2"
 
@@ -71,16 +85,11 @@ class DlibResNetEmbedder:
 
     def embed(self, pixels: NDArray[np.uint8], faces: Sequence[AlignedFace]
               ) -> NDArray[np.float32]:
-        if not faces:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chips = [f.chip for f in faces]
-        if self.flip:
-            chips += [np.ascontiguousarray(c[:, ::-1]) for c in chips]
-        raw = np.asarray([np.asarray(v) for v in self._model.compute_face_descriptor(chips)],
-                         dtype=np.float32)
-        if self.flip:
-            return mirror_mean(raw[:len(faces)], raw[len(faces):])
-        return l2_normalise(raw)
+        return embed_chips([f.chip for f in faces], self.flip, self.dim, self._descriptors)
+
+    def _descriptors(self, chips: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        return np.asarray([np.asarray(v) for v in self._model.compute_face_descriptor(chips)],
+                          dtype=np.float32)
 
 
 def fused_space(parts: Sequence[tuple[str, float]]) -> str:

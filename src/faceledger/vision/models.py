@@ -104,14 +104,10 @@ def _check(model: ModelFile, path: Path, actual: str) -> None:
 
 
 def verified_model(model: ModelFile, directory: Path | None = None) -> VerifiedModel:
-    """Return the path of ``model`` after checking its SHA-256, or raise."""
-    path = _path(model, directory)
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    _check(model, path, digest.hexdigest())
-    return VerifiedModel(path=path, sha256=model.sha256)
+    """Return the path of ``model`` after checking its SHA-256, or raise. (Loaders should
+    prefer ``verified_bytes`` / ``verified_copy``: the file could change after the check.)"""
+    verified_bytes(model, directory)
+    return VerifiedModel(path=_path(model, directory), sha256=model.sha256)
 
 
 def verified_bytes(model: ModelFile, directory: Path | None = None) -> bytes:

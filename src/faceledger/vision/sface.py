@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from faceledger.vision.align import AlignedFace, similarity_transform
-from faceledger.vision.embed import augmentation_tag, l2_normalise, mirror_mean
+from faceledger.vision.embed import augmentation_tag, embed_chips
 from faceledger.vision.models import SFACE_PACKAGE, SFACE_PACKAGE_VERSION
 
 SFACE_SIZE = 112
@@ -83,14 +83,10 @@ class SFaceEmbedder:
 
     def embed(self, pixels: NDArray[np.uint8], faces: Sequence[AlignedFace]
               ) -> NDArray[np.float32]:
-        if not faces:
-            return np.zeros((0, self.dim), dtype=np.float32)
         chips = [sface_chip(pixels, f.landmarks) for f in faces]
-        if self.flip:
-            chips += [c[:, ::-1] for c in chips]
+        return embed_chips(chips, self.flip, self.dim, self._descriptors)
+
+    def _descriptors(self, chips: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         blob = np.ascontiguousarray(np.stack(chips).astype(np.float32).transpose(0, 3, 1, 2))
         self._net.setInput(blob, "data")
-        raw = np.asarray(self._net.forward(), dtype=np.float32).reshape(len(chips), self.dim)
-        if self.flip:
-            return mirror_mean(raw[:len(faces)], raw[len(faces):])
-        return l2_normalise(raw)
+        return np.asarray(self._net.forward(), dtype=np.float32).reshape(len(chips), self.dim)

@@ -134,6 +134,18 @@ class ManifestError(InvalidRequest):
     code = "manifest_invalid"
 
 
+class InvalidReference(InvalidRequest):
+    """A subject reference (or display name) outside the allowed form (see ``refs``)."""
+
+    code = "subject_ref_invalid"
+
+
+class InvalidFile(InvalidRequest):
+    """A path that is not a regular readable file (a FIFO, a device, a folder...)."""
+
+    code = "file_invalid"
+
+
 # --- governance ----------------------------------------------------------------------------
 class PolicyError(FaceledgerError):
     """The action is forbidden by the gallery's governance rules."""

@@ -90,7 +90,7 @@ def _one(path: str) -> tuple[str, NDArray[np.float32] | None, int, str]:
     faces = pipeline.faces(image)
     if not faces:
         return path, None, 0, "none"
-    face = centre_face(faces, image.width, image.height)
+    face = centre_face(faces, *image.original_size)
     return path, face.embedding, len(faces), FOUND_BY.get(face.detector, face.detector)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,7 +90,11 @@ class FacePipeline:
             return decode_image(data, self.config.limits)
 
     def faces(self, image: DecodedImage, times: StageTimes | None = None) -> list[Face]:
-        """Every detected face, largest first, each with quality, refusal reason, embedding."""
+        """Every detected face, largest first, each with quality, refusal reason, embedding.
+
+        Detection, landmarks, quality and embedding work on ``image.pixels`` (the working
+        image, scaled down from a large original); each ``Face.box`` is in the original
+        image's coordinates. Quality is as measured on the working image."""
         times = times or StageTimes()
         with times.stage("detect"):
             detections = self.detector.detect(image.pixels)
@@ -107,7 +112,7 @@ class FacePipeline:
             vectors = self.embedder.embed(image.pixels, aligned)
         result = []
         for det, al, vec in zip(detections, aligned, vectors, strict=True):
-            box = det.box.clipped(image.width, image.height)
+            box = _to_original(det.box.clipped(image.width, image.height), image)
             quality = measure(det.box, al)
             refusal = self.config.rules.refusal(quality)
             result.append(Face(box, det.confidence, quality, refusal, vec, det.source))
@@ -133,6 +138,16 @@ class FacePipeline:
                 reason="several",
             )
         return usable[0]
+
+
+def _to_original(box: Box, image: DecodedImage) -> Box:
+    """A box on the working pixels, mapped to the original image (outward, clipped)."""
+    width, height = image.original_size
+    if (width, height) == (image.width, image.height):
+        return box
+    fx, fy = width / image.width, height / image.height
+    return Box(math.floor(box.x1 * fx), math.floor(box.y1 * fy),
+               math.ceil(box.x2 * fx), math.ceil(box.y2 * fy)).clipped(width, height)
 
 
 def _describe(q: Quality) -> str:

@@ -9,8 +9,7 @@ import pytest
 
 from faceledger import errors
 from faceledger.index.base import VectorIndex
-from faceledger.index.exact import ExactIndex
-from faceledger.index.factory import load_index, new_index
+from faceledger.index.factory import index_from_bytes, new_index
 
 DIM = 128
 
@@ -52,11 +51,38 @@ def test_removed_ids_never_come_back(backend: str, data: tuple[np.ndarray, ...],
     # Query with the removed vectors themselves: the strongest possible pull.
     hits = index.search(vecs[::3], 50)
     assert not np.isin(hits.ids, gone).any()
-    path = tmp_path / "idx"
-    index.save(path)
-    reloaded = load_index(backend, path, DIM)
+    reloaded = index_from_bytes(backend, index.to_bytes(), DIM)
     assert not np.isin(reloaded.search(vecs[::3], 50).ids, gone).any()
     np.testing.assert_array_equal(reloaded.ids(), np.sort(np.setdiff1d(ids, gone)))
+    # No byte of a removed vector survives in the serialised index.
+    blob = reloaded.to_bytes()
+    assert not any(vecs[i].tobytes()[:32] in blob for i in range(0, len(ids), 3))
+
+
+@pytest.mark.parametrize("backend", ["faiss-flat", "exact"])
+def test_vectors_are_returned_as_stored(backend: str, data: tuple[np.ndarray, ...]) -> None:
+    ids, vecs, _ = data
+    index: VectorIndex = new_index(backend, DIM)
+    index.add(ids, vecs)
+    index.remove(ids[:5])
+    pick = ids[[10, 7, 30]]
+    np.testing.assert_array_equal(index.vectors(pick), vecs[[10, 7, 30]])
+    with pytest.raises(KeyError):
+        index.vectors(ids[:1])  # removed
+
+
+@pytest.mark.parametrize("backend", ["faiss-flat", "exact"])
+@pytest.mark.parametrize("damage", [b"", b"garbage" * 10, "truncate"])
+def test_damaged_bytes_are_a_value_error(backend: str, damage: bytes | str,
+                                         data: tuple[np.ndarray, ...]) -> None:
+    ids, vecs, _ = data
+    index: VectorIndex = new_index(backend, DIM)
+    index.add(ids, vecs)
+    blob = index.to_bytes()
+    bad = blob[: len(blob) // 2] if damage == "truncate" else damage
+    assert isinstance(bad, bytes)
+    with pytest.raises(ValueError, match=r"not a|dimension|index"):
+        index_from_bytes(backend, bad, DIM)
 
 
 @pytest.mark.parametrize("backend", ["faiss-flat", "exact"])
@@ -86,9 +112,3 @@ def test_unknown_backend_is_a_config_error() -> None:
     with pytest.raises(errors.ConfigError, match="unknown index backend"):
         new_index("annoy", DIM)
 
-
-def test_exact_save_is_atomic(tmp_path: Path) -> None:
-    index = ExactIndex(DIM)
-    index.add(np.array([5]), _unit(np.random.default_rng(3), 1))
-    index.save(tmp_path / "i.npz")
-    assert not (tmp_path / "i.npz.tmp").exists()

@@ -31,6 +31,8 @@ ERROR_TABLE: dict[type[e.FaceledgerError], ErrorMapping] = {
     e.ModelIntegrityError: ErrorMapping(5, 500, "Model integrity check failed"),
     e.StoreNotInitialised: ErrorMapping(5, 503, "Store not initialised"),
     e.StoreAlreadyInitialised: ErrorMapping(6, 409, "Store already initialised"),
+    e.StoreError: ErrorMapping(5, 503, "Store unavailable"),
+    e.StoreBusy: ErrorMapping(11, 503, "Store busy"),
     e.NotFound: ErrorMapping(7, 404, "Not found"),
     e.Conflict: ErrorMapping(6, 409, "Conflict"),
     e.InvalidRequest: ErrorMapping(8, 400, "Invalid request"),

@@ -103,6 +103,26 @@ class StoreAlreadyInitialised(FaceledgerError):
     code = "store_exists"
 
 
+class StoreError(FaceledgerError):
+    """The store cannot be used as asked: read-only, unreachable, damaged, busy."""
+
+    code = "store_error"
+
+
+class StoreReadOnly(StoreError):
+    code = "store_read_only"
+
+
+class StoreUnavailable(StoreError):
+    code = "store_unavailable"
+
+
+class StoreBusy(StoreError):
+    """Another process held the write lock for longer than the busy timeout."""
+
+    code = "store_busy"
+
+
 # --- gallery records -----------------------------------------------------------------------
 class NotFound(FaceledgerError):
     code = "not_found"

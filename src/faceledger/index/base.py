@@ -2,14 +2,15 @@
 
 Ids are the records store's template ids (int64). Vectors are unit-length float32, so the
 similarity is the inner product (cosine); higher means more alike. The records store is the
-source of truth: an index can always be rebuilt from it, and ``ids()`` lets the owner check
-that the index and the records agree after a crash.
+source of truth: an index can always be rebuilt from it; ``ids()`` and ``vectors()`` let the
+owner check, by id and by content, that the index and the records agree. Persistence (the
+file, its checksum, atomic replacement, the inter-process lock) belongs to the owner,
+:class:`faceledger.services.gallery.Gallery`; a backend only turns itself into bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -45,8 +46,13 @@ class VectorIndex(Protocol):
         """Every id held, sorted ascending."""
         ...
 
-    def save(self, path: Path) -> None:
-        """Persist atomically (write a temporary file, fsync, rename)."""
+    def vectors(self, ids: NDArray[np.int64]) -> NDArray[np.float32]:
+        """The vectors held under ``ids`` (n, dim), as stored: the content check of
+        ``Gallery.check`` compares them with the records. Every id must be present."""
+        ...
+
+    def to_bytes(self) -> bytes:
+        """The whole index, serialised (the owner writes it atomically, with a checksum)."""
         ...
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import io
+import zipfile
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,17 +55,26 @@ class ExactIndex:
     def ids(self) -> NDArray[np.int64]:
         return np.sort(self._ids)
 
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            np.savez(fh, ids=self._ids, vectors=self._vectors)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    def vectors(self, ids: NDArray[np.int64]) -> NDArray[np.float32]:
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = {int(i): n for n, i in enumerate(self._ids)}
+        try:
+            rows = [pos[int(i)] for i in ids]
+        except KeyError as exc:
+            raise KeyError(f"id {exc} is not in the index") from exc
+        return np.array(self._vectors[rows], dtype=np.float32).reshape(len(rows), self.dim)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, ids=self._ids, vectors=self._vectors)
+        return buf.getvalue()
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> ExactIndex:
+    def from_bytes(cls, data: bytes, dim: int) -> ExactIndex:
         index = cls(dim)
-        with np.load(path) as data:
-            index.add(data["ids"], data["vectors"])
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                index.add(arrays["ids"], arrays["vectors"])
+        except (OSError, KeyError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not an exact index: {exc}") from exc
         return index

@@ -13,6 +13,9 @@ BACKENDS = ("faiss-flat", "exact")
 
 
 def index_path(home: Path, backend: str) -> Path:
+    """The index file: faceledger's own container (a header with the backend, the
+    embedding space, the change-log position and a SHA-256 of the payload; see
+    ``services.gallery``), so a name per backend keeps two backends' files apart."""
     return home / ("index.faiss" if backend == "faiss-flat" else "index.npz")
 
 
@@ -24,9 +27,10 @@ def new_index(backend: str, dim: int) -> VectorIndex:
     raise errors.ConfigError(f"unknown index backend {backend!r}; choose one of {BACKENDS}")
 
 
-def load_index(backend: str, path: Path, dim: int) -> VectorIndex:
+def index_from_bytes(backend: str, data: bytes, dim: int) -> VectorIndex:
+    """Raises ValueError if ``data`` is not a usable index of this backend and dimension."""
     if backend == "faiss-flat":
-        return FaissFlatIndex.load(path, dim)
+        return FaissFlatIndex.from_bytes(data, dim)
     if backend == "exact":
-        return ExactIndex.load(path, dim)
+        return ExactIndex.from_bytes(data, dim)
     raise errors.ConfigError(f"unknown index backend {backend!r}; choose one of {BACKENDS}")

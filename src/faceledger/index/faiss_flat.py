@@ -8,8 +8,6 @@ that an IVF/HNSW backend with recall measured against :class:`ExactIndex` slots 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,18 +51,33 @@ class FaissFlatIndex:
     def ids(self) -> NDArray[np.int64]:
         return np.sort(self._faiss.vector_to_array(self._index.id_map).astype(np.int64))
 
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        self._faiss.write_index(self._index, str(tmp))
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    def vectors(self, ids: NDArray[np.int64]) -> NDArray[np.float32]:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        held = self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        if not ids.size:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        inner = self._faiss.downcast_index(self._index.index)
+        stored = self._faiss.vector_to_array(inner.codes).view(np.float32)
+        stored = stored.reshape(-1, self.dim)
+        order = np.argsort(held, kind="stable")
+        pos = np.searchsorted(held[order], ids)
+        if np.any(pos >= len(held)) or np.any(held[order][np.minimum(pos, len(held) - 1)] != ids):
+            raise KeyError("an id is not in the index")
+        return np.array(stored[order[pos]], dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self._faiss.serialize_index(self._index).tobytes())
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> FaissFlatIndex:
+    def from_bytes(cls, data: bytes, dim: int) -> FaissFlatIndex:
         import faiss
 
-        index = faiss.read_index(str(path))
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise ValueError(f"not a FAISS index: {exc}") from exc
         if index.d != dim:
-            raise ValueError(f"index file has dimension {index.d}, expected {dim}")
+            raise ValueError(f"index has dimension {index.d}, expected {dim}")
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ValueError(f"index is a {type(index).__name__}, expected IndexIDMap2")
         return cls(dim, index)

@@ -42,8 +42,14 @@ class Base(DeclarativeBase):
     pass
 
 
+# Ids are never reused (SQLite AUTOINCREMENT; a sequence on PostgreSQL): an id that once
+# named an erased template must never name another person's (issue 7).
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Source(Base):
     __tablename__ = "sources"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -61,7 +67,7 @@ class Source(Base):
 
 class Subject(Base):
     __tablename__ = "subjects"
-    __table_args__ = (UniqueConstraint("source_id", "external_ref"),)
+    __table_args__ = (UniqueConstraint("source_id", "external_ref"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="RESTRICT"))
@@ -77,7 +83,7 @@ class Subject(Base):
 
 class Template(Base):
     __tablename__ = "templates"
-    __table_args__ = (UniqueConstraint("source_id", "image_sha256"),)
+    __table_args__ = (UniqueConstraint("source_id", "image_sha256"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject_id: Mapped[int] = mapped_column(
@@ -112,15 +118,23 @@ class AuditEvent(Base):
 
 
 class ErasureReceipt(Base):
-    """Proof an erasure happened. No biometric data, no names: refs are SHA-256 hashed."""
+    """Proof an erasure happened. No biometric data, no names: the target's reference is
+    kept only as a keyed hash (HMAC-SHA256 with the store's receipt key), which a
+    dictionary of names cannot reverse without the key."""
 
     __tablename__ = "erasure_receipts"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str] = mapped_column(String(200))
     scope: Mapped[str] = mapped_column(String(32))
     target_hash: Mapped[str] = mapped_column(String(64))
+    # What the erasure covered, so that an enrolment batch in flight when it committed
+    # cannot bring the erased back (services.enrol): the source (subject and source
+    # scopes) or the jurisdiction (jurisdiction scope).
+    source_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    jurisdiction: Mapped[str | None] = mapped_column(String(8), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
     removed: Mapped[dict[str, int]] = mapped_column(JSON)
 
@@ -134,3 +148,18 @@ class Tombstone(Base):
     source_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
     receipt_id: Mapped[int] = mapped_column(ForeignKey("erasure_receipts.id"))
+
+
+class GalleryChange(Base):
+    """The log of changes to the gallery's templates, in commit order: one ``add`` row per
+    enrolled template, one ``remove`` row per erased one, written in the same transaction
+    as the change. A vector index records the last ``seq`` it has applied; bringing it up
+    to date (after a crash, or for changes made by another process) replays the rows
+    after that, so it never needs a scan of the whole gallery. Holds ids only."""
+
+    __tablename__ = "gallery_changes"
+    __table_args__ = NEVER_REUSE_IDS
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_id: Mapped[int] = mapped_column(Integer)
+    op: Mapped[str] = mapped_column(String(8))

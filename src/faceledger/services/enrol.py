@@ -1,33 +1,56 @@
 """Batch enrolment: per-file report, parallel over the cores, idempotent, crash-safe.
 
-For each file: read (byte cap) -> SHA-256 -> skip if this source already holds it
+For each file, in the order of the batch: read it (a regular file, at most the byte cap;
+see ``vision.imaging.read_image_file``) -> SHA-256 -> skip if this source already holds it
 (``duplicate``) or erased it (``refused: previously_erased``) -> in a worker process:
-decode, detect, align, quality, embed -> in the main process, one transaction per file
-writes subject + template + audit event -> the index is updated and saved after the batch.
-A kill at any point leaves either a whole record or none; the index catches up with the
-records on the next open (see :mod:`faceledger.services.gallery`).
+decode, detect, align, quality, embed -> in the main process, one write transaction per
+file re-checks (another process may have enrolled or erased it meanwhile) and writes
+subject + template + change-log row + audit event -> the index catches up from the change
+log and is saved after the batch.
+
+Memory is bounded whatever the batch size: files are read one at a time as workers
+become free, with at most ``2 x workers`` in flight. A kill at any point leaves either a
+whole record or none; re-running the batch finishes it. An erasure that commits while a
+batch is running wins: the batch does not re-create what it erased (``erased_during_batch``).
+A worker that dies (a decoder crash) costs its own file a refusal, not the batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from faceledger import errors
+from faceledger.faults import crash_point
 from faceledger.governance import audit
 from faceledger.services.container import Services
 from faceledger.services.ingest_input import IngestItem, collect
 from faceledger.services.sources import get_source
-from faceledger.store.models import Source, Subject, Template, Tombstone
-from faceledger.vision.imaging import sha256_hex
+from faceledger.store.models import (
+    ErasureReceipt,
+    GalleryChange,
+    Source,
+    Subject,
+    Template,
+    Tombstone,
+)
+from faceledger.vision.imaging import read_image_file, sha256_hex
 from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
 
 Status = Literal["enrolled", "duplicate", "refused", "invalid"]
@@ -71,6 +94,7 @@ class _Job:
     index: int
     path: str
     data: bytes
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +114,40 @@ def _analyse(pipeline: FacePipeline, job: _Job) -> _Outcome:
         return _Outcome(job.index, code=exc.reason, reason=exc.message)
     except errors.FaceledgerError as exc:
         return _Outcome(job.index, code=exc.code, reason=exc.message)
+    except MemoryError:
+        return _Outcome(job.index, code="image_too_large",
+                        reason="the image needs more memory than is available to decode")
+    except Exception as exc:  # a bug in a decoder or model: this file's refusal, not the batch's
+        return _Outcome(job.index, code="processing_failed",
+                        reason=f"unexpected {type(exc).__name__} while processing: {exc}")
     return _Outcome(job.index, vector=face.embedding.astype("<f4").tobytes(),
                     box=face.box.as_list(), quality=face.quality.as_dict())
 
 
 # Worker-process state: one pipeline per process, built by the pool initializer.
 _worker: dict[str, FacePipeline] = {}
+_PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(config: PipelineConfig) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A worker must not outlive the batch that started it (kill -9 of the parent):
+    ask the kernel for SIGKILL when the parent dies, and watch as a fallback."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the death signal was asked for
+        os._exit(1)
+
+
+def _init_worker(config: PipelineConfig, parent: int) -> None:
+    _exit_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # one core per worker, set before dlib
     _worker["pipeline"] = build_pipeline(config)
 
@@ -107,66 +156,137 @@ def _work(job: _Job) -> _Outcome:
     return _analyse(_worker["pipeline"], job)
 
 
-def _run_jobs(svc: Services, jobs: list[_Job], workers: int) -> Iterator[_Outcome]:
-    if workers <= 1 or len(jobs) < 2 * workers:
-        pipeline = svc.pipeline
-        for job in jobs:
-            yield _analyse(pipeline, job)
-        return
-    from faceledger.services.container import pipeline_config
-
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker,
-                  initargs=(pipeline_config(svc.settings, threads=1),)) as pool:
-        yield from pool.imap_unordered(_work, jobs, chunksize=4)
-
-
 def _worker_count(svc: Services) -> int:
     return svc.settings.workers or (os.cpu_count() or 1)
 
 
+class _Runner:
+    """Runs jobs on the pipeline, in this process or in a pool, with at most ``window``
+    jobs (and so their bytes) in flight. A job whose worker died is retried once, alone;
+    if it kills a worker again it is refused."""
+
+    def __init__(self, svc: Services, workers: int) -> None:
+        self._svc = svc
+        self._workers = workers
+        self.window = 1 if workers <= 1 else 2 * workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: dict[Future[_Outcome], _Job] = {}
+        self._retry: list[_Job] = []
+        self._suspects: set[int] = set()
+        self._crashed: list[_Job] = []
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        from faceledger.services.container import pipeline_config
+
+        return ProcessPoolExecutor(
+            self._workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            initargs=(pipeline_config(self._svc.settings, threads=1), os.getpid()))
+
+    @property
+    def busy(self) -> int:
+        return len(self._pending) + len(self._retry)
+
+    def submit(self, job: _Job) -> None:
+        if self._workers <= 1:
+            self._retry.append(job)  # run in-process by drain()
+            return
+        if self._pool is None:
+            self._pool = self._new_pool()
+        self._pending[self._pool.submit(_work, job)] = job
+
+    def drain(self, until: int) -> Iterator[tuple[_Job, _Outcome]]:
+        """Yield finished jobs until at most ``until`` are in flight."""
+        if self._workers <= 1:
+            while len(self._retry) > until:
+                job = self._retry.pop(0)
+                yield job, _analyse(self._svc.pipeline, job)
+            return
+        while self.busy > until:
+            if self._retry and not self._pending:
+                job = self._retry.pop(0)  # alone, so a crash names its culprit
+                self._suspects.add(job.index)
+                self.submit(job)
+            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut not in self._pending:  # already moved by _broken
+                    continue
+                job = self._pending.pop(fut)
+                try:
+                    yield job, fut.result()
+                except BrokenProcessPool:
+                    self._broken(job)
+
+    def _broken(self, job: _Job) -> None:
+        if job.index in self._suspects:
+            self._retry = [j for j in self._retry if j.index != job.index]
+            self._crashed.append(job)
+        else:
+            self._retry.append(job)
+        for fut, other in list(self._pending.items()):
+            self._pending.pop(fut)
+            if other.index in self._suspects:
+                self._crashed.append(other)
+            else:
+                self._retry.append(other)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def take_crashed(self) -> list[_Job]:
+        out, self._crashed = self._crashed, []
+        return out
+
+
 def enrol(svc: Services, source_name: str, path: Path,
-          progress: Callable[[ItemResult], None] | None = None) -> EnrolReport:
+          progress: Callable[[ItemResult], None] | None = None, *,
+          confine: bool = False) -> EnrolReport:
+    """Enrol a folder or manifest into ``source_name``; see the module docstring.
+    ``confine``: manifest paths must lie inside the manifest's folder."""
+    svc.require_writable()
     source = get_source(svc, source_name)
     _check_source(svc, source)
-    items = collect(path)
-    results: dict[int, ItemResult] = {}
-    jobs: list[_Job] = []
-    batch_seen: dict[str, int] = {}
+    items = collect(path, confine=confine)
+    gallery = svc.gallery  # open and catch up with the records before writing
     with svc.sessions() as session:
         held = set(session.scalars(
             select(Template.image_sha256).where(Template.source_id == source.id)))
         erased = set(session.scalars(
             select(Tombstone.image_sha256).where(Tombstone.source_id == source.id)))
-    for n, item in enumerate(items):
-        early = _precheck(svc, item, held, erased, batch_seen, n)
-        if isinstance(early, ItemResult):
-            results[n] = early
-        else:
-            jobs.append(early)
-    for res in results.values():
-        if progress:
-            progress(res)
-    gallery = svc.gallery  # reconcile before writing
-    new_ids: list[int] = []
-    new_vecs: list[bytes] = []
-    job_map = {job.index: job for job in jobs}
+        last_receipt = int(session.scalar(select(func.max(ErasureReceipt.id))) or 0)
+    batch = _Batch(svc, source, items, held, erased, last_receipt, progress)
+    workers = _worker_count(svc)
+    if len(items) < 2 * workers:
+        workers = 1  # not worth starting processes (models load in each)
     try:
-        for outcome in _run_jobs(svc, jobs, _worker_count(svc)):
-            item = items[outcome.index]
-            res = _record(svc, source, item, outcome, job_map[outcome.index])
-            if res.template_id is not None and outcome.vector is not None:
-                new_ids.append(res.template_id)
-                new_vecs.append(outcome.vector)
-            results[outcome.index] = res
-            if progress:
-                progress(res)
+        with _Runner(svc, workers) as runner:
+            for n, item in enumerate(items):
+                job = batch.precheck(n, item)
+                if job is not None:
+                    runner.submit(job)
+                for done, outcome in runner.drain(runner.window - 1):
+                    batch.finish(done, outcome)
+                for crashed in runner.take_crashed():
+                    batch.finish(crashed, _crash_outcome(crashed))
+            for done, outcome in runner.drain(0):
+                batch.finish(done, outcome)
+            for crashed in runner.take_crashed():
+                batch.finish(crashed, _crash_outcome(crashed))
     finally:
-        if new_ids:
-            vecs = np.frombuffer(b"".join(new_vecs), dtype="<f4").reshape(-1, svc.dim)
-            gallery.add(np.asarray(new_ids, dtype=np.int64), vecs.astype(np.float32))
-            gallery.save()
-    return EnrolReport(source.name, [results[i] for i in sorted(results)])
+        crash_point("enrol.before_index_save")
+        gallery.save()  # replays this batch's change-log rows into the index
+    return EnrolReport(source.name, [batch.results[i] for i in sorted(batch.results)])
+
+
+def _crash_outcome(job: _Job) -> _Outcome:
+    return _Outcome(job.index, code="processing_failed",
+                    reason="the image made the face pipeline's worker process die")
 
 
 def _check_source(svc: Services, source: Source) -> None:
@@ -176,73 +296,182 @@ def _check_source(svc: Services, source: Source) -> None:
             "installation excludes: nothing may be enrolled from it")
 
 
-def _precheck(svc: Services, item: IngestItem, held: set[str], erased: set[str],
-              batch_seen: dict[str, int], n: int) -> ItemResult | _Job:
-    if item.problem or item.path is None:
-        return ItemResult(item.label, "invalid", item.subject_ref, "manifest_invalid",
-                          item.problem or "no file")
-    try:
-        size = item.path.stat().st_size
-        if size > svc.settings.max_image_bytes:
-            raise errors.ImageTooLarge(
-                f"file is {size} bytes; the limit is {svc.settings.max_image_bytes} bytes")
-        data = item.path.read_bytes()
-    except errors.FaceledgerError as exc:
-        return ItemResult(item.label, "refused", item.subject_ref, exc.code, exc.message)
-    except OSError as exc:
-        return ItemResult(item.label, "invalid", item.subject_ref, "file_unreadable", str(exc))
-    digest = sha256_hex(data)
-    if digest in held:
-        return ItemResult(item.label, "duplicate", item.subject_ref, "duplicate",
-                          "this source already holds this exact image")
-    if digest in erased:
-        return ItemResult(item.label, "refused", item.subject_ref, "previously_erased",
-                          "this image was erased from this source; it is not re-enrolled")
-    if digest in batch_seen:
-        return ItemResult(item.label, "duplicate", item.subject_ref, "duplicate",
-                          f"same image as {batch_seen[digest]} earlier in this batch")
-    batch_seen[digest] = n
-    return _Job(n, str(item.path), data)
+class _Batch:
+    """The bookkeeping of one enrolment batch: results, in-batch copies, records."""
+
+    def __init__(self, svc: Services, source: Source, items: list[IngestItem],
+                 held: set[str], erased: set[str], last_receipt: int,
+                 progress: Callable[[ItemResult], None] | None) -> None:
+        self.svc = svc
+        self.source = source
+        self.items = items
+        self.held = held
+        self.erased = erased
+        self.last_receipt = last_receipt
+        self.progress = progress
+        self.results: dict[int, ItemResult] = {}
+        self.first_of: dict[str, int] = {}  # digest -> the batch's first item with it
+        self.copies: dict[int, list[int]] = {}  # first item -> later items, same bytes
+
+    def _done(self, n: int, result: ItemResult) -> None:
+        self.results[n] = result
+        if self.progress:
+            self.progress(result)
+
+    def precheck(self, n: int, item: IngestItem) -> _Job | None:
+        if item.problem or item.path is None:
+            self._done(n, ItemResult(item.label, "invalid", item.subject_ref,
+                                     item.code or "manifest_invalid", item.problem or "no file"))
+            return None
+        try:
+            data = read_image_file(item.path, self.svc.settings.max_image_bytes)
+        except errors.InvalidFile as exc:
+            self._done(n, ItemResult(item.label, "invalid", item.subject_ref,
+                                     "file_unreadable", exc.message))
+            return None
+        except errors.FaceledgerError as exc:
+            self._done(n, ItemResult(item.label, "refused", item.subject_ref, exc.code,
+                                     exc.message))
+            return None
+        digest = sha256_hex(data)
+        if digest in self.first_of:  # a copy of a file earlier in this batch
+            first = self.first_of[digest]
+            if first in self.results:
+                self._copy_of(n, first)
+            else:
+                self.copies.setdefault(first, []).append(n)
+            return None
+        if digest in self.held:
+            self._done(n, ItemResult(item.label, "duplicate", item.subject_ref, "duplicate",
+                                     "this source already holds this exact image"))
+            return None
+        if digest in self.erased:
+            self._done(n, ItemResult(item.label, "refused", item.subject_ref,
+                                     "previously_erased", "this image was erased from this "
+                                     "source; it is not re-enrolled"))
+            return None
+        self.first_of[digest] = n
+        return _Job(n, str(item.path), data, digest)
+
+    def _copy_of(self, n: int, first: int) -> None:
+        """Item ``n`` has the same bytes as item ``first``, whose outcome is known."""
+        item, original = self.items[n], self.results[first]
+        same = f"same image as {self.items[first].label}"
+        if original.status in ("enrolled", "duplicate"):
+            self._done(n, ItemResult(item.label, "duplicate", item.subject_ref, "duplicate",
+                                     f"{same} earlier in this batch"))
+        else:
+            self._done(n, ItemResult(item.label, original.status, item.subject_ref,
+                                     original.code, f"{same}, which was {original.status}: "
+                                     f"{original.reason}"))
+
+    def finish(self, job: _Job, outcome: _Outcome) -> None:
+        item = self.items[job.index]
+        if outcome.vector is None:
+            result = ItemResult(item.label, "refused", item.subject_ref, outcome.code,
+                                outcome.reason)
+        else:
+            result = self._record(item, outcome, job)
+            crash_point("enrol.after_record")
+        self._done(job.index, result)
+        for later in self.copies.pop(job.index, []):
+            self._copy_of(later, job.index)
+
+    def _erased_meanwhile(self, session: Session, ref: str) -> bool:
+        """Did an erasure covering this source or this subject commit after the batch
+        began? Then it wins: the batch must not bring back what it erased."""
+        from faceledger.services.erasure import target_hash
+
+        receipts = session.execute(
+            select(ErasureReceipt.scope, ErasureReceipt.source_id,
+                   ErasureReceipt.jurisdiction, ErasureReceipt.target_hash)
+            .where(ErasureReceipt.id > self.last_receipt)).all()
+        if not receipts:
+            return False
+        key = self.svc.receipt_key()
+        for scope, source_id, jurisdiction, hashed in receipts:
+            if scope == "source" and source_id == self.source.id:
+                return True
+            if scope == "jurisdiction" and jurisdiction == self.source.jurisdiction:
+                return True
+            if scope in ("subject", "subject_id") and source_id == self.source.id and \
+                    hashed == target_hash(key, "subject", ref):
+                return True
+        return False
+
+    def _record(self, item: IngestItem, outcome: _Outcome, job: _Job) -> ItemResult:
+        svc, source = self.svc, self.source
+        now = svc.clock.now()
+        digest = job.digest
+        stored: str | None = None
+        try:
+            with svc.writes.begin() as session:
+                # Re-checked under the write lock: another process may have enrolled or
+                # erased this image (or this subject, or this source) since the pre-check.
+                if session.get(Tombstone, (digest, source.id)) is not None:
+                    return ItemResult(item.label, "refused", item.subject_ref,
+                                      "previously_erased", "this image was erased from this "
+                                      "source (meanwhile); it is not re-enrolled")
+                if session.scalar(select(Template.id).where(
+                        Template.source_id == source.id,
+                        Template.image_sha256 == digest)) is not None:
+                    return ItemResult(item.label, "duplicate", item.subject_ref, "duplicate",
+                                      "this source already holds this exact image (enrolled "
+                                      "meanwhile by another run)")
+                if self._erased_meanwhile(session, item.subject_ref):
+                    return ItemResult(item.label, "refused", item.subject_ref,
+                                      "erased_during_batch",
+                                      "an erasure of this subject or source committed while "
+                                      "this batch ran; it wins, so this file is not enrolled")
+                subject = session.scalar(select(Subject).where(
+                    Subject.source_id == source.id, Subject.external_ref == item.subject_ref))
+                if subject is None:
+                    subject = Subject(source_id=source.id, external_ref=item.subject_ref,
+                                      display_name=item.display_name, created_at=now)
+                    session.add(subject)
+                    session.flush()
+                if svc.settings.keep_images:
+                    stored = _store_image(svc, source.id, digest, job.data)
+                template = Template(
+                    subject_id=subject.id, source_id=source.id, space=svc.space,
+                    vector=outcome.vector, box=outcome.box or [], quality=outcome.quality or {},
+                    image_sha256=digest, image_name=Path(job.path).name[:500],
+                    stored_image=stored, enrolled_at=now,
+                    expires_at=now + timedelta(days=source.retention_days),
+                )
+                session.add(template)
+                session.flush()
+                session.add(GalleryChange(template_id=template.id, op="add"))
+                audit.append(session, at=now, actor=svc.actor, action="template.enrolled",
+                             details={"source_id": source.id, "subject_id": subject.id,
+                                      "template_id": template.id, "image_sha256": digest,
+                                      "space": svc.space})
+                template_id = template.id
+        except IntegrityError:
+            # A unique constraint caught a race the checks above did not (another
+            # database without SQLite's single writer): the other run's record stands.
+            if stored:
+                (svc.home / "images" / stored).unlink(missing_ok=True)
+            return ItemResult(item.label, "duplicate", item.subject_ref, "duplicate",
+                              "enrolled meanwhile by another run")
+        except BaseException:
+            if stored:
+                (svc.home / "images" / stored).unlink(missing_ok=True)
+            raise
+        self.held.add(digest)
+        return ItemResult(item.label, "enrolled", item.subject_ref, template_id=template_id)
 
 
-def _record(svc: Services, source: Source, item: IngestItem, outcome: _Outcome,
-            job: _Job) -> ItemResult:
-    if outcome.vector is None:
-        return ItemResult(item.label, "refused", item.subject_ref, outcome.code, outcome.reason)
-    now = svc.clock.now()
-    digest = sha256_hex(job.data)
-    stored: str | None = None
-    if svc.settings.keep_images:
-        stored = _store_image(svc, digest, job.data)
-    with svc.sessions.begin() as session:
-        subject = session.scalar(select(Subject).where(
-            Subject.source_id == source.id, Subject.external_ref == item.subject_ref))
-        if subject is None:
-            subject = Subject(source_id=source.id, external_ref=item.subject_ref,
-                              display_name=item.display_name, created_at=now)
-            session.add(subject)
-            session.flush()
-        template = Template(
-            subject_id=subject.id, source_id=source.id, space=svc.space, vector=outcome.vector,
-            box=outcome.box or [], quality=outcome.quality or {}, image_sha256=digest,
-            image_name=Path(job.path).name[:500], stored_image=stored, enrolled_at=now,
-            expires_at=now + timedelta(days=source.retention_days),
-        )
-        session.add(template)
-        session.flush()
-        audit.append(session, at=now, actor=svc.actor, action="template.enrolled",
-                     details={"source_id": source.id, "subject_id": subject.id,
-                              "template_id": template.id, "image_sha256": digest,
-                              "space": svc.space})
-        template_id = template.id
-    return ItemResult(item.label, "enrolled", item.subject_ref, template_id=template_id)
-
-
-def _store_image(svc: Services, digest: str, data: bytes) -> str:
+def _store_image(svc: Services, source_id: int, digest: str, data: bytes) -> str:
+    """Keep the original (only with FACELEDGER_KEEP_IMAGES): named per source and image,
+    like the template it belongs to, so erasing one source's copy never deletes
+    another's. Owner-only, written atomically."""
     folder = svc.home / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / digest
-    tmp = folder / f".{digest}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return digest
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = f"{source_id}-{digest}"
+    tmp = folder / f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, folder / name)
+    return name

@@ -236,6 +236,7 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         raise errors.InvalidRequest("a case reference is required for every search")
     if not purpose:
         raise errors.InvalidRequest("a purpose is required for every search")
+    svc.require_writable()  # every search is audited
     sources = _eligible_sources(svc, purpose)
     top_k = top_k or svc.settings.top_k
     times = StageTimes()
@@ -247,6 +248,7 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
                 f"face {face_index} requested, but the probe has {len(faces)} face(s)")
         faces = [faces[face_index]]
     now = svc.clock.now()
+    svc.gallery.refresh()  # what other processes enrolled or erased since it was opened
     searched = _searched_gallery(svc, sources, now)
     target = None if svc.settings.search_threshold is not None else svc.settings.target_fpir
     results = []
@@ -254,7 +256,7 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         for f in faces:
             cands, decision = _candidates(svc, f, sources, top_k, now, searched)
             results.append(FaceResult(f, cands, decision))
-    with svc.sessions.begin() as session:
+    with svc.writes.begin() as session:
         # Enough to re-derive every decision later, and nothing biometric: ids, scores,
         # the decision rule and its inputs; the probe only as its SHA-256.
         event = audit.append(session, at=now, actor=svc.actor, action="search", details={
@@ -298,12 +300,13 @@ def _largest_face(svc: Services, data: bytes, label: str) -> tuple[Face, str]:
 
 def verify(svc: Services, data_a: bytes, data_b: bytes, *, purpose: str | None = None,
            case: str | None = None) -> VerifyResult:
+    svc.require_writable()  # every verification is audited
     face_a, sha_a = _largest_face(svc, data_a, "the first image")
     face_b, sha_b = _largest_face(svc, data_b, "the second image")
     score = float(np.dot(face_a.embedding, face_b.embedding))
     threshold = svc.verify_threshold()
     same = score >= threshold
-    with svc.sessions.begin() as session:
+    with svc.writes.begin() as session:
         event = audit.append(session, at=svc.clock.now(), actor=svc.actor, action="verify",
                              details={"image_sha256": [sha_a, sha_b], "score": round(score, 4),
                                       "same_person": same, "purpose": purpose, "case": case})

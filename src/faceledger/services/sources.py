@@ -71,7 +71,7 @@ def add_source(svc: Services, spec: SourceSpec) -> Source:
         purposes=list(spec.purposes), created_at=now, created_by=svc.actor,
     )
     try:
-        with svc.sessions.begin() as session:
+        with svc.writes.begin() as session:
             session.add(source)
             session.flush()
             audit.append(session, at=now, actor=svc.actor, action="source.added",

@@ -7,25 +7,27 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from faceledger import errors
+from faceledger.refs import lookup_forms, safe_text
 from faceledger.services.container import Services
 from faceledger.store.models import Source, Subject, Template
 
 
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
+    id: int
     ref: str
     display_name: str | None
     source: str
     templates: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"subject": self.ref, "display_name": self.display_name,
+        return {"id": self.id, "subject": self.ref, "display_name": self.display_name,
                 "source": self.source, "templates": self.templates}
 
 
 def list_subjects(svc: Services, source: str | None = None) -> list[SubjectRow]:
     with svc.sessions() as session:
-        query = (select(Subject.external_ref, Subject.display_name, Source.name,
+        query = (select(Subject.id, Subject.external_ref, Subject.display_name, Source.name,
                         func.count(Template.id))
                  .join(Source, Subject.source_id == Source.id)
                  .outerjoin(Template, Template.subject_id == Subject.id)
@@ -40,16 +42,18 @@ def show_subject(svc: Services, ref: str) -> list[dict[str, object]]:
     with svc.sessions() as session:
         rows = session.execute(
             select(Subject, Source).join(Source, Subject.source_id == Source.id)
-            .where(Subject.external_ref == ref)).all()
+            .where(Subject.external_ref.in_(lookup_forms(ref)))).all()
         if not rows:
-            raise errors.SubjectNotFound(f"no subject with reference {ref!r}")
+            raise errors.SubjectNotFound(
+                f"no subject with reference {safe_text(ref)!r}")
         out: list[dict[str, object]] = []
         for subject, source in rows:
             templates = session.scalars(
                 select(Template).where(Template.subject_id == subject.id)
                 .order_by(Template.id)).all()
             out.append({
-                "subject": subject.external_ref, "display_name": subject.display_name,
+                "id": subject.id, "subject": subject.external_ref,
+                "display_name": subject.display_name,
                 "source": {"name": source.name, "supplier": source.supplier,
                            "lawful_basis": source.lawful_basis, "basis_ref": source.basis_ref,
                            "jurisdiction": source.jurisdiction,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,13 +120,48 @@ def verified_bytes(model: ModelFile, directory: Path | None = None) -> bytes:
     return data
 
 
+_COPY_PREFIX = "faceledger-model-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_copies(tmp_root: Path | None = None) -> int:
+    """Remove private model copies left in the temporary folder by processes that died
+    before removing their own (a kill -9 during model loading). Only this user's folders
+    whose creating process no longer runs are touched. Returns how many went."""
+    root = tmp_root or Path(tempfile.gettempdir())
+    removed = 0
+    for folder in root.glob(f"{_COPY_PREFIX}*-*"):
+        pid_text = folder.name[len(_COPY_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid_text.isdigit() or folder.is_symlink() or \
+                    folder.stat().st_uid != os.getuid() or _alive(int(pid_text)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 @contextmanager
 def verified_copy(model: ModelFile, directory: Path | None = None) -> Iterator[Path]:
     """A private copy (in a fresh 0700 temporary folder) of ``model``'s checked bytes, for
     loaders that only read by path (dlib): what was checked is what is loaded, even if the
-    installed file changes in between. Removed when the block ends."""
+    installed file changes in between. Removed when the block ends; the folder's name
+    carries the process id, so that copies left by a killed process are removed by the
+    next one (``remove_stale_copies``)."""
     data = verified_bytes(model, directory)
-    with tempfile.TemporaryDirectory(prefix="faceledger-model-") as tmp:
+    remove_stale_copies()
+    with tempfile.TemporaryDirectory(prefix=f"{_COPY_PREFIX}{os.getpid()}-") as tmp:
         path = Path(tmp) / model.filename
         path.write_bytes(data)
         yield path

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from faceledger import __version__, errors
 from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
 from faceledger.cli_eval import eval_group
 from faceledger.config import Settings
 from faceledger.error_table import mapping_for
+from faceledger.refs import safe_text
 
 
 @click.group()
@@ -37,8 +39,11 @@ def cli(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        click.echo(f"error [config_invalid]: FACELEDGER_{loc.upper()}: {first['msg']}",
-                   err=True)
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        click.echo(f"error [config_invalid]: FACELEDGER_{loc.upper()}: {msg}", err=True)
+        sys.exit(mapping_for(errors.ConfigError("")).exit_code)
+    except SettingsError as exc:  # a value the settings source could not even parse
+        click.echo(f"error [config_invalid]: {exc}", err=True)
         sys.exit(mapping_for(errors.ConfigError("")).exit_code)
     ctx.obj = Ctx(settings)
 
@@ -49,8 +54,11 @@ def cli(ctx: click.Context, home: Path | None, verbose: bool) -> None:
 @handles_errors
 def init(c: Ctx, as_json: bool) -> None:
     """Create the embedded store (SQLite + vector index) in the home folder."""
-    if (c.settings.home / "faceledger.sqlite3").exists():
-        raise errors.StoreAlreadyInitialised(f"a store already exists at {c.settings.home}")
+    home_dir = c.settings.home
+    if home_dir.exists() and not home_dir.is_dir():
+        raise errors.ConfigError(f"FACELEDGER_HOME {home_dir} is a file, not a folder")
+    if (home_dir / "faceledger.sqlite3").exists():
+        raise errors.StoreAlreadyInitialised(f"a store already exists at {home_dir}")
     svc = c.services(create=True)
     count = svc.gallery.index.count()
     svc.close()
@@ -114,10 +122,13 @@ def source_list(c: Ctx, as_json: bool) -> None:
 @cli.command()
 @click.argument("source_name", metavar="SOURCE")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--confine-paths/--any-path", default=False,
+              help="Manifest paths must lie inside the manifest's folder (default: any "
+                   "path this user can read).")
 @json_option
 @pass_ctx
 @handles_errors
-def enroll(c: Ctx, source_name: str, path: Path, as_json: bool) -> None:
+def enroll(c: Ctx, source_name: str, path: Path, confine_paths: bool, as_json: bool) -> None:
     """Enrol PATH (a folder of <subject-ref>/<images>, or a CSV/JSONL manifest) into SOURCE.
 
     Re-running is safe: images already held are reported as duplicates.
@@ -126,21 +137,22 @@ def enroll(c: Ctx, source_name: str, path: Path, as_json: bool) -> None:
 
     def progress(r: ItemResult) -> None:
         if not as_json:
-            extra = f" [{r.code}] {r.reason}" if r.code else ""
-            click.echo(f"{r.status:9} {r.label}{extra}")
+            extra = f" [{r.code}] {safe_text(r.reason or '')}" if r.code else ""
+            click.echo(f"{r.status:9} {safe_text(r.label)}{extra}")
 
-    report = enrol(c.services(), source_name, path, progress)
+    report = enrol(c.services(), source_name, path, progress, confine=confine_paths)
     counts = report.counts()
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
     emit({"source": report.source, "counts": counts,
            "items": [i.as_dict() for i in report.items]}, as_json, summary)
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise errors.InvalidRequest(f"cannot read {path}: {exc}") from exc
+def _read(c: Ctx, path: Path) -> bytes:
+    """A probe file: a regular file within the byte cap (a FIFO or device is refused,
+    not waited on)."""
+    from faceledger.vision.imaging import read_image_file
+
+    return read_image_file(path, c.settings.max_image_bytes)
 
 
 @cli.command()
@@ -158,7 +170,7 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
     """Search the gallery for the faces in PHOTO (1:N). Empty list = no one matched."""
     from faceledger.services.search import search as run_search
 
-    result = run_search(c.services(), _read(photo), purpose=purpose, case=case_ref,
+    result = run_search(c.services(), _read(c, photo), purpose=purpose, case=case_ref,
                         top_k=top_k, face_index=face_index)
     lines = []
     if not result.faces:
@@ -169,7 +181,8 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
         if not fr.candidates:
             lines.append("  no one in the gallery above the threshold")
         for c_ in fr.candidates:
-            lines.append(f"  {c_.score:.3f}  {c_.subject}  (source {c_.source}; a stranger "
+            lines.append(f"  {c_.score:.3f}  {safe_text(c_.subject)}  (source "
+                         f"{safe_text(c_.source)}; a stranger "
                          f"scores this high in this gallery with probability {c_.fpir:.2g})")
     lines.append("candidates are leads for human review, not identifications")
     emit(result.as_dict(), as_json, "\n".join(lines))
@@ -188,7 +201,7 @@ def verify(c: Ctx, photo_a: Path, photo_b: Path, purpose: str | None, case_ref: 
     """Are the largest faces in PHOTO_A and PHOTO_B the same person? (1:1)"""
     from faceledger.services.search import verify as run_verify
 
-    r = run_verify(c.services(), _read(photo_a), _read(photo_b), purpose=purpose,
+    r = run_verify(c.services(), _read(c, photo_a), _read(c, photo_b), purpose=purpose,
                    case=case_ref)
     verdict = "same person" if r.same_person else "different people"
     emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold "
@@ -210,7 +223,8 @@ def subjects_list(c: Ctx, source_name: str | None, as_json: bool) -> None:
     from faceledger.services.subjects import list_subjects
 
     rows = list_subjects(c.services(), source_name)
-    text = "\n".join(f"{r.ref}\t{r.source}\t{r.templates} templates" for r in rows)
+    text = "\n".join(f"{safe_text(r.ref)}\t{safe_text(r.source)}\t{r.templates} templates"
+                     for r in rows)
     emit([r.as_dict() for r in rows], as_json, text or "no subjects")
 
 
@@ -224,11 +238,14 @@ def subjects_show(c: Ctx, ref: str, as_json: bool) -> None:
     from faceledger.services.subjects import show_subject
 
     data = show_subject(c.services(), ref)
-    emit(data, as_json, json.dumps(data, indent=2, ensure_ascii=False))
+    shown = json.dumps(data, indent=2, ensure_ascii=False)
+    emit(data, as_json, "\n".join(safe_text(line) for line in shown.split("\n")))
 
 
 @cli.command()
 @click.option("--subject", "subject_ref", default=None, help="Erase this subject reference.")
+@click.option("--subject-id", type=click.IntRange(min=1), default=None,
+              help="Erase the subject with this id (as `subjects list --json` shows it).")
 @click.option("--source", "source_name", default=None,
               help="With --subject: the source holding it. Alone: erase the whole source.")
 @click.option("--jurisdiction", default=None, help="Erase everything from this jurisdiction.")
@@ -236,13 +253,20 @@ def subjects_show(c: Ctx, ref: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 @handles_errors
-def erase(c: Ctx, subject_ref: str | None, source_name: str | None,
+def erase(c: Ctx, subject_ref: str | None, subject_id: int | None, source_name: str | None,
           jurisdiction: str | None, reason: str, as_json: bool) -> None:
     """Erase a subject, a source or a jurisdiction: templates, images and index entries."""
     from faceledger.services.erasure import erase as run_erase
 
+    chosen = [x for x in (subject_ref, subject_id, jurisdiction) if x is not None]
+    if len(chosen) > 1 or (jurisdiction and source_name):
+        raise errors.InvalidRequest(
+            "name one thing to erase: --subject (with an optional --source), --subject-id, "
+            "--source or --jurisdiction")
     svc = c.services()
-    if subject_ref:
+    if subject_id is not None:
+        r = run_erase(svc, "subject_id", str(subject_id), reason=reason)
+    elif subject_ref:
         r = run_erase(svc, "subject", subject_ref, reason=reason, source_name=source_name)
     elif jurisdiction:
         r = run_erase(svc, "jurisdiction", jurisdiction, reason=reason)
@@ -290,8 +314,35 @@ def index() -> None:
 @handles_errors
 def index_rebuild(c: Ctx, as_json: bool) -> None:
     """Rebuild the vector index from the templates in the records store."""
-    n = c.services().gallery.rebuild()
+    n = c.services().new_gallery().rebuild()  # never reads the old file
     emit({"templates": n}, as_json, f"index rebuilt: {n} templates")
+
+
+@index.command("check")
+@click.option("--repair", is_flag=True, help="Fix what differs (from the records).")
+@json_option
+@pass_ctx
+@handles_errors
+def index_check(c: Ctx, repair: bool, as_json: bool) -> None:
+    """Compare the index with the records, by id and by every vector's content.
+
+    Exit code 0 if they agree (or were repaired), 12 if they differ."""
+    svc = c.services()
+    gallery = svc.gallery
+    opened = gallery.last_reconcile
+    r = gallery.check(repair=repair)
+    data = {"agree": not (r.added or r.removed or r.replaced) or repair,
+            "missing": r.added, "extra": r.removed, "different_content": r.replaced,
+            "repaired": repair, "templates": gallery.index.count(),
+            "on_open": {"rebuilt": opened.rebuilt, "reason": opened.reason,
+                        "added": opened.added, "removed": opened.removed}}
+    emit(data, as_json,
+         f"index and records {'agree' if data['agree'] else 'DIFFER'}: {r.added} missing, "
+         f"{r.removed} extra, {r.replaced} with other content"
+         + (" (repaired)" if repair and not data["agree"] else "")
+         + f"; {data['templates']} templates")
+    if not data["agree"]:
+        sys.exit(12)
 
 
 cli.add_command(eval_group)

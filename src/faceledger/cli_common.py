@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,7 +15,9 @@ import click
 from faceledger import errors
 from faceledger.config import Settings
 from faceledger.error_table import mapping_for
+from faceledger.refs import safe_text
 from faceledger.services.container import Services, build_services
+from faceledger.store.db import translate as translate_db_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -28,8 +31,29 @@ class Ctx:
         return build_services(self.settings, create=create)
 
 
+_INVISIBLE = frozenset({"Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    v = code - 0x10000
+    return f"\\u{0xD800 + (v >> 10):04x}\\u{0xDC00 + (v & 0x3FF):04x}"
+
+
+def json_dumps(data: object) -> str:
+    """JSON with every non-ASCII letter as itself, but format, private-use, unassigned
+    and line-separator characters (bidi overrides, zero-width...) as \\u escapes, so a
+    stored reference cannot reorder or hide text on a terminal. Still valid JSON: those
+    characters can only occur inside strings (control characters json escapes itself)."""
+    text = json.dumps(data, ensure_ascii=False, indent=None)
+    return "".join(_json_escape(ch) if ord(ch) > 0x7E
+                   and unicodedata.category(ch) in _INVISIBLE else ch for ch in text)
+
+
 def emit(data: object, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=None) if as_json else text)
+    click.echo(json_dumps(data) if as_json else text)
 
 
 def handles_errors(fn: F) -> F:
@@ -39,13 +63,19 @@ def handles_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json"))
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                typed = translate_db_error(exc)
+                if typed is None:
+                    raise
+                raise typed from exc
         except errors.FaceledgerError as exc:
             row = mapping_for(exc)
             if as_json:
-                click.echo(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
+                click.echo(json_dumps({"error": {"code": exc.code, "message": exc.message}}))
             else:
-                click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+                click.echo(f"error [{exc.code}]: {safe_text(exc.message)}", err=True)
             sys.exit(row.exit_code)
         except Exception as exc:  # an unexpected fault: one line, details only with -v
             logging.getLogger("faceledger").debug("unexpected error", exc_info=True)

@@ -6,11 +6,12 @@ the environment anywhere else.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from faceledger.vision.embedder_names import EmbedderName
 
@@ -61,13 +62,40 @@ class Settings(BaseSettings):
 
     keep_images: bool = Field(default=False, description="Keep original images (off).")
     workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
-    excluded_jurisdictions: list[str] = Field(default_factory=list)
+    # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.
+    excluded_jurisdictions: Annotated[list[str], NoDecode] = Field(default_factory=list)
     user: str | None = Field(default=None, description="Acting user for the audit log.")
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home_not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: set it to the store's folder, or unset it for "
+                             "./faceledger-data")
+        return v
+
+    @field_validator("excluded_jurisdictions", mode="before")
+    @classmethod
+    def _parse_jurisdictions(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"is not a valid JSON list: {exc.msg}") from exc
+            return [part for part in text.split(",") if part.strip()]
+        return v
 
     @field_validator("excluded_jurisdictions")
     @classmethod
     def _upper(cls, v: list[str]) -> list[str]:
-        return [j.strip().upper() for j in v if j.strip()]
+        out = [j.strip().upper() for j in v if j.strip()]
+        for code in out:
+            if not (2 <= len(code) <= 8 and code.replace("-", "").isalnum()
+                    and code.isascii()):
+                raise ValueError(f"{code!r} is not an ISO 3166 code (e.g. GB, FR)")
+        return out
 
     @property
     def resolved_database_url(self) -> str:

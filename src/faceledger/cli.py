@@ -256,24 +256,11 @@ def subjects_show(c: Ctx, ref: str, as_json: bool) -> None:
 def erase(c: Ctx, subject_ref: str | None, subject_id: int | None, source_name: str | None,
           jurisdiction: str | None, reason: str, as_json: bool) -> None:
     """Erase a subject, a source or a jurisdiction: templates, images and index entries."""
-    from faceledger.services.erasure import erase as run_erase
+    from faceledger.services.erasure import erase_request
 
-    chosen = [x for x in (subject_ref, subject_id, jurisdiction) if x is not None]
-    if len(chosen) > 1 or (jurisdiction and source_name):
-        raise errors.InvalidRequest(
-            "name one thing to erase: --subject (with an optional --source), --subject-id, "
-            "--source or --jurisdiction")
-    svc = c.services()
-    if subject_id is not None:
-        r = run_erase(svc, "subject_id", str(subject_id), reason=reason)
-    elif subject_ref:
-        r = run_erase(svc, "subject", subject_ref, reason=reason, source_name=source_name)
-    elif jurisdiction:
-        r = run_erase(svc, "jurisdiction", jurisdiction, reason=reason)
-    elif source_name:
-        r = run_erase(svc, "source", source_name, reason=reason)
-    else:
-        raise errors.InvalidRequest("name what to erase: --subject, --source or --jurisdiction")
+    r = erase_request(c.services(), reason=reason, subject_ref=subject_ref,
+                      subject_id=subject_id, source_name=source_name,
+                      jurisdiction=jurisdiction)
     emit(r.as_dict(), as_json,
           f"erased {r.subjects} subject(s), {r.templates} template(s), {r.images} image(s); "
           f"receipt {r.receipt_id}")
@@ -290,15 +277,9 @@ def audit() -> None:
 @handles_errors
 def audit_verify(c: Ctx, as_json: bool) -> None:
     """Check the whole chain; name the first broken link (exit code 10 if broken)."""
-    from faceledger.governance.audit import verify as verify_chain
+    from faceledger.services.auditing import verify_audit
 
-    svc = c.services()
-    with svc.sessions() as session:
-        report = verify_chain(session)
-    if report.first_broken_id is not None:
-        raise errors.AuditChainBroken(
-            f"audit chain broken at event {report.first_broken_id}: {report.problem}",
-            report.first_broken_id)
+    report = verify_audit(c.services())
     emit({"ok": True, "events": report.events}, as_json,
           f"audit chain intact: {report.events} events")
 
@@ -343,6 +324,97 @@ def index_check(c: Ctx, repair: bool, as_json: bool) -> None:
          + f"; {data['templates']} templates")
     if not data["agree"]:
         sys.exit(12)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes (each loads the models and keeps its own index, in "
+                   "step with the others through the store).")
+@pass_ctx
+@handles_errors
+def serve(c: Ctx, host: str, port: int, workers: int) -> None:
+    """Serve the REST API (and, later, the web page) on the store."""
+    import os
+
+    import uvicorn
+
+    c.services().close()  # a missing or unusable store fails here, with its error
+    if workers == 1:
+        from faceledger.api.app import create_app
+
+        uvicorn.run(create_app(c.settings), host=host, port=port, log_level="info")
+        return
+    # Each worker builds its app from the environment: hand it the store folder.
+    os.environ["FACELEDGER_HOME"] = str(c.settings.home.resolve())
+    uvicorn.run("faceledger.api.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
+
+
+@cli.group()
+def user() -> None:
+    """Users of the service, their roles and API keys."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, required=True,
+              help="admin, steward, investigator, reviewer or auditor (repeat for several).")
+@json_option
+@pass_ctx
+@handles_errors
+def user_add(c: Ctx, name: str, roles: tuple[str, ...], as_json: bool) -> None:
+    """Create a user and print their API key (shown once: keep it safe)."""
+    from faceledger.services.users import add_user
+
+    key = add_user(c.services(), name, roles)
+    emit({"user": key.user, "roles": key.roles, "api_key": key.api_key,
+          "key_prefix": key.prefix}, as_json,
+         f"user {key.user} ({', '.join(key.roles)}) created; API key (shown once):\n"
+         f"{key.api_key}")
+
+
+@user.command("key")
+@click.argument("name")
+@json_option
+@pass_ctx
+@handles_errors
+def user_key(c: Ctx, name: str, as_json: bool) -> None:
+    """Give a user another API key (shown once)."""
+    from faceledger.services.users import new_key
+
+    key = new_key(c.services(), name)
+    emit({"user": key.user, "api_key": key.api_key, "key_prefix": key.prefix}, as_json,
+         f"new API key for {key.user} (shown once):\n{key.api_key}")
+
+
+@user.command("revoke")
+@click.argument("name")
+@click.option("--prefix", default=None, help="Only the key with this prefix.")
+@json_option
+@pass_ctx
+@handles_errors
+def user_revoke(c: Ctx, name: str, prefix: str | None, as_json: bool) -> None:
+    """Revoke a user's API keys."""
+    from faceledger.services.users import revoke_keys
+
+    n = revoke_keys(c.services(), name, prefix)
+    emit({"user": name, "revoked": n}, as_json, f"{n} key(s) of {name} revoked")
+
+
+@user.command("list")
+@json_option
+@pass_ctx
+@handles_errors
+def user_list(c: Ctx, as_json: bool) -> None:
+    """Users, roles and key prefixes (never the keys)."""
+    from faceledger.services.users import list_users
+
+    rows = list_users(c.services())
+    emit(rows, as_json, "\n".join(
+        f"{r['user']}\t{','.join(r['roles'])}\t{len(r['keys'])} key(s)"  # type: ignore[arg-type]
+        for r in rows) or "no users")
 
 
 cli.add_command(eval_group)

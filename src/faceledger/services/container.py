@@ -1,4 +1,12 @@
-"""``build_services(settings)``: the single composition root for the CLI and the API."""
+"""``build_services(settings)``: the single composition root for the CLI and the API.
+
+Concurrency model (docs/design-notes.md, "The service"): one :class:`Runtime` per process
+holds the engine, the models and the index; a :class:`Services` is one caller's view of it
+(actor, roles, request id, clock). Within a process, threads share the runtime: the model
+pipeline is used by one thread at a time, the index is read under a shared lock and
+changed under an exclusive one. Across processes (several server workers, a CLI command
+beside a server), each has its own index, kept in step through the records' change log
+before every search; every hit is re-checked against the records in any case."""
 
 from __future__ import annotations
 
@@ -7,6 +15,9 @@ import logging
 import os
 import secrets
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,21 +66,108 @@ def pipeline_config(settings: Settings, threads: int = 0) -> PipelineConfig:
     )
 
 
+class RWLock:
+    """Many readers or one writer (writer-preferring, so a stream of searches cannot starve
+    an erasure). The gallery's in-memory index is read by searches and changed by
+    refresh, enrolment and erasure: a search never sees a half-applied change."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 @dataclass
-class Services:
-    """Everything a use case needs. Heavy parts (models, index) load on first use."""
+class Runtime:
+    """What lives as long as the process and is shared by every call and thread: the
+    settings, the database engine, the model pipeline, the gallery index, the calibration.
+    Heavy parts load on first use, once (``_init``); the pipeline is used by one thread at a
+    time (dlib and OpenCV's nets keep per-call state), the index behind ``gallery_lock``."""
 
     settings: Settings
-    clock: Clock
     engine: Engine
     sessions: sessionmaker[Session]  # reads: deferred BEGIN, never the write lock
     writes: sessionmaker[Session]  # writes: BEGIN IMMEDIATE (see store.db)
-    actor: str
     embedder: EmbedderSpec
     read_only: bool = False
     _pipeline: FacePipeline | None = field(default=None, repr=False)
     _gallery: Gallery | None = field(default=None, repr=False)
     _calibration: Calibration | None = field(default=None, repr=False)
+    _init: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    pipeline_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    gallery_lock: RWLock = field(default_factory=RWLock, repr=False)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a use case needs for one call: the shared :class:`Runtime`, and who acts
+    (``actor``, ``roles``), the request id and the clock. ``for_call`` gives another
+    caller's view of the same runtime: each audit event names the real user."""
+
+    runtime: Runtime
+    actor: str
+    clock: Clock
+    roles: frozenset[str] = frozenset()
+    request_id: str | None = None
+
+    def for_call(self, actor: str, *, roles: frozenset[str] | set[str] = frozenset(),
+                 request_id: str | None = None, clock: Clock | None = None) -> Services:
+        return Services(self.runtime, actor, clock or self.clock, frozenset(roles),
+                        request_id)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.runtime.sessions
+
+    @property
+    def writes(self) -> sessionmaker[Session]:
+        return self.runtime.writes
+
+    @property
+    def embedder(self) -> EmbedderSpec:
+        return self.runtime.embedder
+
+    @property
+    def read_only(self) -> bool:
+        return self.runtime.read_only
 
     @property
     def home(self) -> Path:
@@ -85,18 +183,34 @@ class Services:
 
     @property
     def pipeline(self) -> FacePipeline:
-        if self._pipeline is None:
-            self._pipeline = build_pipeline(pipeline_config(self.settings))
-            if self._pipeline.space != self.space:
-                raise errors.EmbeddingSpaceMismatch(
-                    f"pipeline space {self._pipeline.space} != store space {self.space}")
-        return self._pipeline
+        """The shared pipeline; use it under ``using_pipeline`` when threads share it."""
+        rt = self.runtime
+        if rt._pipeline is None:
+            with rt._init:
+                if rt._pipeline is None:
+                    pipeline = build_pipeline(pipeline_config(self.settings))
+                    if pipeline.space != self.space:
+                        raise errors.EmbeddingSpaceMismatch(
+                            f"pipeline space {pipeline.space} != store space {self.space}")
+                    rt._pipeline = pipeline
+        return rt._pipeline
+
+    @contextmanager
+    def using_pipeline(self) -> Iterator[FacePipeline]:
+        """The pipeline, held by this thread alone for the block."""
+        pipeline = self.pipeline
+        with self.runtime.pipeline_lock:
+            yield pipeline
 
     @property
     def calibration(self) -> Calibration:
-        if self._calibration is None:
-            self._calibration = load_calibration(self.space, self.embedder.calibration_file)
-        return self._calibration
+        rt = self.runtime
+        if rt._calibration is None:
+            with rt._init:
+                if rt._calibration is None:
+                    rt._calibration = load_calibration(self.space,
+                                                       self.embedder.calibration_file)
+        return rt._calibration
 
     def search_threshold(self, gallery_size: int) -> float:
         """The score a candidate needs, for the configured target FPIR at this size."""
@@ -126,12 +240,16 @@ class Services:
 
     @property
     def gallery(self) -> Gallery:
-        """The configured space's gallery, opened (loaded, caught up with the records)."""
-        if self._gallery is None:
-            gallery = self.new_gallery()
-            gallery.open()
-            self._gallery = gallery
-        return self._gallery
+        """The configured space's gallery, opened (loaded, caught up with the records).
+        Read it under ``runtime.gallery_lock.read()``, change it under ``.write()``."""
+        rt = self.runtime
+        if rt._gallery is None:
+            with rt._init:
+                if rt._gallery is None:
+                    gallery = self.new_gallery()
+                    gallery.open()
+                    rt._gallery = gallery
+        return rt._gallery
 
     def store_gallery(self) -> Gallery:
         """The gallery of the space the store's templates are *in*: the configured one, or
@@ -275,8 +393,8 @@ def build_services(
     except BaseException:
         engine.dispose()
         raise
-    actor = settings.user or getpass.getuser()
     factories = session_factories(engine)
-    return Services(settings=settings, clock=clock or SystemClock(), engine=engine,
-                    sessions=factories.read, writes=factories.write, actor=actor,
-                    embedder=embedder_spec(settings.embedder), read_only=read_only)
+    runtime = Runtime(settings=settings, engine=engine, sessions=factories.read,
+                      writes=factories.write, embedder=embedder_spec(settings.embedder),
+                      read_only=read_only)
+    return Services(runtime, settings.user or getpass.getuser(), clock or SystemClock())

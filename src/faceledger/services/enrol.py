@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from faceledger import errors
 from faceledger.faults import crash_point
 from faceledger.governance import audit
+from faceledger.refs import normalise_display_name, normalise_ref, safe_text
 from faceledger.services.container import Services
 from faceledger.services.ingest_input import IngestItem, collect
 from faceledger.services.sources import get_source
@@ -206,7 +207,9 @@ class _Runner:
         if self._workers <= 1:
             while len(self._retry) > until:
                 job = self._retry.pop(0)
-                yield job, _analyse(self._svc.pipeline, job)
+                with self._svc.using_pipeline() as pipeline:
+                    outcome = _analyse(pipeline, job)
+                yield job, outcome
             return
         while self.busy > until:
             if self._retry and not self._pending:
@@ -244,6 +247,16 @@ class _Runner:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One image sent as bytes (the API's uploads): ``label`` names it in the report."""
+
+    label: str
+    subject_ref: str
+    data: bytes
+    display_name: str | None = None
+
+
 def enrol(svc: Services, source_name: str, path: Path,
           progress: Callable[[ItemResult], None] | None = None, *,
           confine: bool = False) -> EnrolReport:
@@ -253,6 +266,53 @@ def enrol(svc: Services, source_name: str, path: Path,
     source = get_source(svc, source_name)
     _check_source(svc, source)
     items = collect(path, confine=confine)
+
+    def read(_n: int, item: IngestItem) -> bytes:
+        assert item.path is not None
+        return read_image_file(item.path, svc.settings.max_image_bytes)
+
+    return _run_batch(svc, source, items, read, progress)
+
+
+def enrol_uploads(svc: Services, source_name: str, uploads: list[Upload],
+                  progress: Callable[[ItemResult], None] | None = None) -> EnrolReport:
+    """Enrol images given as bytes (each with its subject reference): the same checks,
+    report and guarantees as a folder; what the API's upload route calls."""
+    svc.require_writable()
+    source = get_source(svc, source_name)
+    _check_source(svc, source)
+    items: list[IngestItem] = []
+    for up in uploads:
+        label = safe_text(up.label)[:500] or "upload"
+        try:
+            ref = normalise_ref(up.subject_ref)
+            display = normalise_display_name(up.display_name)
+        except errors.InvalidReference as exc:
+            items.append(IngestItem(label, None, safe_text(up.subject_ref)[:200],
+                                    problem=exc.message, code=exc.code))
+            continue
+        items.append(IngestItem(label, Path(label), ref, display))
+
+    def read(n: int, _item: IngestItem) -> bytes:
+        data = uploads[n].data
+        if len(data) > svc.settings.max_image_bytes:
+            raise errors.ImageTooLarge(f"file is {len(data)} bytes; the limit is "
+                                       f"{svc.settings.max_image_bytes} bytes")
+        return data
+
+    return _run_batch(svc, source, items, read, progress)
+
+
+def enrol_image(svc: Services, source_name: str, subject_ref: str, data: bytes, *,
+                label: str = "upload", display_name: str | None = None) -> ItemResult:
+    """Enrol one image from bytes: the core the batch drivers share."""
+    report = enrol_uploads(svc, source_name, [Upload(label, subject_ref, data, display_name)])
+    return report.items[0]
+
+
+def _run_batch(svc: Services, source: Source, items: list[IngestItem],
+               read: Callable[[int, IngestItem], bytes],
+               progress: Callable[[ItemResult], None] | None) -> EnrolReport:
     gallery = svc.gallery  # open and catch up with the records before writing
     with svc.sessions() as session:
         held = set(session.scalars(
@@ -260,7 +320,7 @@ def enrol(svc: Services, source_name: str, path: Path,
         erased = set(session.scalars(
             select(Tombstone.image_sha256).where(Tombstone.source_id == source.id)))
         last_receipt = int(session.scalar(select(func.max(ErasureReceipt.id))) or 0)
-    batch = _Batch(svc, source, items, held, erased, last_receipt, progress)
+    batch = _Batch(svc, source, items, held, erased, last_receipt, progress, read)
     workers = _worker_count(svc)
     if len(items) < 2 * workers:
         workers = 1  # not worth starting processes (models load in each)
@@ -280,7 +340,8 @@ def enrol(svc: Services, source_name: str, path: Path,
                 batch.finish(crashed, _crash_outcome(crashed))
     finally:
         crash_point("enrol.before_index_save")
-        gallery.save()  # replays this batch's change-log rows into the index
+        with svc.runtime.gallery_lock.write():
+            gallery.save()  # replays this batch's change-log rows into the index
     return EnrolReport(source.name, [batch.results[i] for i in sorted(batch.results)])
 
 
@@ -301,7 +362,9 @@ class _Batch:
 
     def __init__(self, svc: Services, source: Source, items: list[IngestItem],
                  held: set[str], erased: set[str], last_receipt: int,
-                 progress: Callable[[ItemResult], None] | None) -> None:
+                 progress: Callable[[ItemResult], None] | None,
+                 read: Callable[[int, IngestItem], bytes]) -> None:
+        self.read = read
         self.svc = svc
         self.source = source
         self.items = items
@@ -324,7 +387,7 @@ class _Batch:
                                      item.code or "manifest_invalid", item.problem or "no file"))
             return None
         try:
-            data = read_image_file(item.path, self.svc.settings.max_image_bytes)
+            data = self.read(n, item)
         except errors.InvalidFile as exc:
             self._done(n, ItemResult(item.label, "invalid", item.subject_ref,
                                      "file_unreadable", exc.message))

@@ -154,11 +154,35 @@ def erase(svc: Services, scope: Scope, target: str, *, reason: str,
     crash_point("erase.after_commit")
     # The records no longer hold them, so no search can return them from here on (search
     # re-checks every hit against the records). Now the derived copies go.
-    before = gallery.index.count()
-    gallery.save()  # replays the change log (the removals above), writes the file
-    removed = before - gallery.index.count()
+    with svc.runtime.gallery_lock.write():
+        before = gallery.index.count()
+        gallery.save()  # replays the change log (the removals above), writes the file
+        removed = before - gallery.index.count()
     for name in images:
         (gallery.images_dir / name).unlink(missing_ok=True)
     checkpoint(svc.engine)  # the WAL's copies of the erased rows go too
     return ErasureResult(receipt_id, scope, len(subjects), len(templates), len(images),
                          max(removed, 0))
+
+
+def erase_request(svc: Services, *, reason: str, subject_ref: str | None = None,
+                  subject_id: int | None = None, source_name: str | None = None,
+                  jurisdiction: str | None = None) -> ErasureResult:
+    """What the CLI's and the API's erase requests name, dispatched to :func:`erase`:
+    a subject (by reference, optionally within a source, or by id), a whole source, or a
+    jurisdiction. Exactly one target."""
+    chosen = [x for x in (subject_ref, subject_id, jurisdiction) if x is not None]
+    if len(chosen) > 1 or (jurisdiction is not None and source_name is not None):
+        raise errors.InvalidRequest(
+            "name one thing to erase: a subject (with an optional source), a subject id, "
+            "a source or a jurisdiction")
+    if subject_id is not None:
+        return erase(svc, "subject_id", str(subject_id), reason=reason)
+    if subject_ref is not None:
+        return erase(svc, "subject", subject_ref, reason=reason, source_name=source_name)
+    if jurisdiction is not None:
+        return erase(svc, "jurisdiction", jurisdiction, reason=reason)
+    if source_name is not None:
+        return erase(svc, "source", source_name, reason=reason)
+    raise errors.InvalidRequest("name what to erase: a subject, a subject id, a source or a "
+                                "jurisdiction")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -12,7 +12,7 @@ from faceledger import errors
 from faceledger.governance import audit
 from faceledger.governance.calibration import cohort_stats
 from faceledger.services.container import Services
-from faceledger.store.models import Source, Subject, Template
+from faceledger.store.models import SearchRecord, Source, Subject, Template
 from faceledger.vision.pipeline import Face, StageTimes
 
 
@@ -67,9 +67,11 @@ class SearchResult:
     faces: list[FaceResult]
     audit_event_id: int
     times: StageTimes = field(default_factory=StageTimes)
+    search_id: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
+        return {"search_id": self.search_id,
+                "faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
                 "case": self.case, "target_fpir": self.target_fpir,
                 "gallery_size": self.gallery_size,
                 "gallery_subjects": self.gallery_subjects, "probe_sha256": self.probe_sha256,
@@ -240,26 +242,33 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
     sources = _eligible_sources(svc, purpose)
     top_k = top_k or svc.settings.top_k
     times = StageTimes()
-    image = svc.pipeline.decode(data, times)
-    faces = svc.pipeline.faces(image, times)
+    with svc.using_pipeline() as pipeline:
+        image = pipeline.decode(data, times)
+        faces = pipeline.faces(image, times)
     if face_index is not None:
         if not 0 <= face_index < len(faces):
             raise errors.InvalidRequest(
                 f"face {face_index} requested, but the probe has {len(faces)} face(s)")
         faces = [faces[face_index]]
     now = svc.clock.now()
-    svc.gallery.refresh()  # what other processes enrolled or erased since it was opened
+    lock = svc.runtime.gallery_lock
+    with lock.write():
+        svc.gallery.refresh()  # what other processes enrolled or erased since it was opened
     searched = _searched_gallery(svc, sources, now)
     target = None if svc.settings.search_threshold is not None else svc.settings.target_fpir
     results = []
-    with times.stage("search"):
+    with times.stage("search"), lock.read():  # never a half-applied enrolment or erasure
         for f in faces:
             cands, decision = _candidates(svc, f, sources, top_k, now, searched)
             results.append(FaceResult(f, cands, decision))
+    ended = svc.clock.now()
     with svc.writes.begin() as session:
         # Enough to re-derive every decision later, and nothing biometric: ids, scores,
-        # the decision rule and its inputs; the probe only as its SHA-256.
+        # the decision rule and its inputs; the probe only as its SHA-256. Who, when (start
+        # and end), purpose, case, the gallery searched: EU AI Act Art. 12(3).
         event = audit.append(session, at=now, actor=svc.actor, action="search", details={
+            "started_at": now.isoformat(), "ended_at": ended.isoformat(),
+            "request_id": svc.request_id, "sources": sorted(sources),
             "purpose": purpose, "case": case, "probe_sha256": image.sha256,
             "faces": len(faces), "target_fpir": target, "top_k": top_k,
             "space": svc.space, "gallery_templates": searched.templates,
@@ -271,8 +280,15 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
                             for c in r.candidates] for r in results],
         })
         event_id = event.id
-    return SearchResult(image.sha256, purpose, case, target, searched.templates,
-                        searched.subjects, results, event_id, times)
+        result = SearchResult(image.sha256, purpose, case, target, searched.templates,
+                              searched.subjects, results, event_id, times)
+        record = SearchRecord(at=now, actor=svc.actor, purpose=purpose, case_ref=case,
+                              probe_sha256=image.sha256, audit_event_id=event_id,
+                              result=result.as_dict())
+        session.add(record)
+        session.flush()
+        search_id = record.id
+    return replace(result, search_id=search_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +307,9 @@ class VerifyResult:
 
 
 def _largest_face(svc: Services, data: bytes, label: str) -> tuple[Face, str]:
-    image = svc.pipeline.decode(data)
-    faces = svc.pipeline.faces(image)
+    with svc.using_pipeline() as pipeline:
+        image = pipeline.decode(data)
+        faces = pipeline.faces(image)
     if not faces:
         raise errors.NoFaceFound(f"no face found in {label}")
     return faces[0], image.sha256
@@ -313,3 +330,15 @@ def verify(svc: Services, data_a: bytes, data_b: bytes, *, purpose: str | None =
         event_id = event.id
     return VerifyResult(score, svc.calibration.fmr(score), same, threshold,
                         (face_a.box.as_list(), face_b.box.as_list()), event_id)
+
+
+def get_search(svc: Services, search_id: int) -> dict[str, object]:
+    """A past search's result as it was returned (never re-run), with who made it."""
+    with svc.sessions() as session:
+        record = session.get(SearchRecord, search_id)
+        if record is None:
+            raise errors.SearchNotFound(f"no search with id {search_id}")
+        out = dict(record.result)
+        out.update({"search_id": record.id, "actor": record.actor,
+                    "at": record.at.isoformat()})
+    return out

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     upsample: int = Field(default=1, ge=0, le=3, description="Detector upsampling passes.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024, gt=0,
+        description="API: the largest request body (an enrolment of several images).")
     min_image_side: int = Field(default=32, gt=0)
     min_face_px: int = Field(default=40, gt=0, description="Enrolment: smallest face side.")
     min_sharpness: float = Field(default=5.0, ge=0, description="Enrolment: blur floor.")

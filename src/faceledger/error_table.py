@@ -38,6 +38,9 @@ ERROR_TABLE: dict[type[e.FaceledgerError], ErrorMapping] = {
     e.InvalidRequest: ErrorMapping(8, 400, "Invalid request"),
     e.PolicyError: ErrorMapping(9, 403, "Forbidden by policy"),
     e.AuditChainBroken: ErrorMapping(10, 500, "Audit chain broken"),
+    e.Unauthenticated: ErrorMapping(13, 401, "Authentication required"),
+    e.Forbidden: ErrorMapping(9, 403, "Forbidden for this role"),
+    e.RateLimited: ErrorMapping(11, 429, "Too many requests"),
 }
 
 

@@ -191,6 +191,34 @@ class PreviouslyErased(PolicyError):
     code = "previously_erased"
 
 
+class Unauthenticated(FaceledgerError):
+    """No credentials, or credentials that name no active user or key."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(PolicyError):
+    """Authenticated, but the user's roles do not allow this action."""
+
+    code = "forbidden"
+
+
+class RateLimited(FaceledgerError):
+    code = "rate_limited"
+
+
+class UserExists(Conflict):
+    code = "user_exists"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class SearchNotFound(NotFound):
+    code = "search_not_found"
+
+
 class AuditChainBroken(FaceledgerError):
     code = "audit_chain_broken"
 

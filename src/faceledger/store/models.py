@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -163,3 +164,54 @@ class GalleryChange(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     template_id: Mapped[int] = mapped_column(Integer)
     op: Mapped[str] = mapped_column(String(8))
+
+
+class User(Base):
+    """A person or service account of the service. ``roles``: admin, steward,
+    investigator, reviewer, auditor (several allowed). ``password_hash``: argon2id, for
+    the web page; the API authenticates with API keys."""
+
+    __tablename__ = "users"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class ApiKey(Base):
+    """An API key: shown once, stored only as the SHA-256 of its secret (the secret is 256
+    random bits, so a fast hash is as strong as a slow one here), revocable."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SearchRecord(Base):
+    """A search's result as returned (ids, scores, decisions, provenance; no probe image,
+    no vector), so that ``GET /v1/searches/{id}`` and review never re-run it."""
+
+    __tablename__ = "searches"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    purpose: Mapped[str] = mapped_column(String(64))
+    case_ref: Mapped[str] = mapped_column(String(200), index=True)
+    probe_sha256: Mapped[str] = mapped_column(String(64))
+    audit_event_id: Mapped[int] = mapped_column(Integer)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,0 +1,1 @@
+"""The REST API: ``create_app`` in :mod:`faceledger.api.app`."""

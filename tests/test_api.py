@@ -1,0 +1,276 @@
+"""The REST API over HTTP, against a real `faceledger serve` in its own process, on a store
+made with the CLI, with users of every role; and a CLI command beside the running server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import lfw_people
+from tests.procs import FACELEDGER as FL
+from tests.procs import cli_env, new_store, ok_json, run
+
+ROLES = ("admin", "steward", "investigator", "reviewer", "auditor")
+IMAGE_CAP = 2 * 1024 * 1024
+BODY_CAP = 5 * 1024 * 1024
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    keys: dict[str, str]
+    names: list[str]
+    lfw: Path
+
+    def client(self, role: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[role]}"} if role else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def image(self, name: str, n: int = 1) -> bytes:
+        return (self.lfw / name / f"{name}_{n:04d}.jpg").read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("api") / "home"
+    new_store(home)
+    keys = {role: ok_json(home, "user", "add", f"{role}-1", "--role", role)["api_key"]
+            for role in ROLES}
+    keys["reviewer2"] = ok_json(home, "user", "add", "reviewer-2", "--role", "reviewer")[
+        "api_key"]
+    port = _free_port()
+    env = cli_env(home, FACELEDGER_MAX_IMAGE_BYTES=str(IMAGE_CAP),
+                  FACELEDGER_MAX_UPLOAD_BYTES=str(BODY_CAP))
+    log_path = home.parent / "serve.log"
+    log_file = log_path.open("w")
+    proc = subprocess.Popen([str(FL), "serve", "--port", str(port)], env=env,
+                            stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log_file.close()
+            raise RuntimeError(f"server did not become ready: {log_path.read_text()[-2000:]}")
+        time.sleep(0.3)
+    yield Server(url, home, keys, lfw_people(lfw, 6), lfw)
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log_file.close()
+    assert "Traceback" not in log_path.read_text()  # no unexpected error on any route
+
+
+def _problem(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["type"].endswith(body["code"])
+    assert "Traceback" not in r.text
+    if code:
+        assert body["code"] == code, body
+    return body
+
+
+def _enrol(srv: Server, *names: str, n: int = 1) -> dict[str, Any]:
+    files = [("image", (f"{name}_{n}.jpg", srv.image(name, n), "image/jpeg")) for name in names]
+    data = {"subject_ref": list(names)}
+    with srv.client("steward") as c:
+        r = c.post("/v1/sources/custody/images", files=files, data=data)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def _search(srv: Server, name: str, n: int = 2, role: str = "investigator") -> httpx.Response:
+    with srv.client(role) as c:
+        return c.post("/v1/searches", files={"image": ("p.jpg", srv.image(name, n))},
+                      data={"purpose": "investigation", "case": "API-1"})
+
+
+# --- health, OpenAPI -----------------------------------------------------------------------------
+def test_health_ready_and_openapi(server: Server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["ready"] is True and ready["checks"]["models"] == "ok"
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert {"/v1/searches", "/v1/sources/{name}/images", "/v1/audit/events"} <= set(spec["paths"])
+
+
+# --- enrol, search, review a past search, erase ---------------------------------------------------
+def test_enrol_search_and_get_a_past_search(server: Server) -> None:
+    report = _enrol(server, *server.names[:3])
+    assert report["counts"]["enrolled"] == 3
+    r = _search(server, server.names[0])
+    assert r.status_code == 201, r.text
+    result = r.json()
+    cands = result["faces"][0]["candidates"]
+    assert cands[0]["subject"] == server.names[0]
+    assert cands[0]["source"] == "custody" and cands[0]["lawful_basis"]
+    assert result["notice"].startswith("candidates are leads")
+    with server.client("reviewer") as c:
+        again = c.get(f"/v1/searches/{result['search_id']}").json()
+    assert again["faces"] == result["faces"] and again["actor"] == "investigator-1"
+    # The audit log names the real user, not the server's login.
+    with server.client("auditor") as c:
+        events = c.get("/v1/audit/events", params={"action": "search", "case": "API-1"}).json()
+        assert events["events"][-1]["actor"] == "investigator-1"
+        assert c.get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_stranger_gets_no_one(server: Server, lfw: Path) -> None:
+    _enrol(server, *server.names[:2])
+    with server.client("investigator") as c:
+        r = c.post("/v1/searches", files={"image": ("p.jpg", (
+            lfw / "Winona_Ryder" / "Winona_Ryder_0001.jpg").read_bytes())},
+            data={"purpose": "investigation", "case": "API-2"})
+    assert r.status_code == 201
+    assert r.json()["faces"][0]["candidates"] == []
+
+
+def test_erasure_through_the_cli_is_seen_by_the_running_server(server: Server) -> None:
+    target = server.names[3]
+    assert _enrol(server, target)["counts"]["enrolled"] == 1
+    assert _search(server, target).json()["faces"][0]["candidates"][0]["subject"] == target
+    proc = run(server.home, "erase", "--subject", target, "--reason", "SR-API")
+    assert proc.returncode == 0, proc.stderr
+    after = _search(server, target).json()
+    assert all(c["subject"] != target for f in after["faces"] for c in f["candidates"])
+
+
+def test_cli_enrolment_is_searchable_through_the_server_without_restart(
+        server: Server, tmp_path: Path) -> None:
+    target = server.names[4]
+    folder = tmp_path / "g" / target
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(server.image(target))
+    assert ok_json(server.home, "enroll", "custody", str(folder.parent))["counts"][
+        "enrolled"] == 1
+    found = _search(server, target).json()["faces"][0]["candidates"]
+    assert found and found[0]["subject"] == target
+
+
+def test_subjects_and_erasure_by_id(server: Server) -> None:
+    target = server.names[5]
+    _enrol(server, target)
+    with server.client("steward") as c:
+        listed = c.get("/v1/subjects").json()
+        (row,) = [r for r in listed if r["subject"] == target]
+        shown = c.get(f"/v1/subjects/{row['id']}").json()
+        assert shown["source"]["name"] == "custody" and "vector" not in json.dumps(shown)
+        _problem(c.delete(f"/v1/subjects/{row['id']}"), 422, "request_invalid")  # no reason
+        receipt = c.delete(f"/v1/subjects/{row['id']}", params={"reason": "SR-5"}).json()
+        assert receipt["subjects"] == 1 and receipt["templates"] == 1
+        _problem(c.get(f"/v1/subjects/{row['id']}"), 404, "subject_not_found")
+
+
+def test_verification(server: Server) -> None:
+    name = server.names[0]
+    with server.client("investigator") as c:
+        r = c.post("/v1/verifications", files={"image_a": ("a.jpg", server.image(name, 1)),
+                                               "image_b": ("b.jpg", server.image(name, 2))})
+    assert r.status_code == 201 and r.json()["same_person"] is True
+
+
+# --- errors are problems --------------------------------------------------------------------------
+def test_errors_are_problem_details(server: Server, data: Path) -> None:
+    with server.client("investigator") as c:
+        bad = (data / "malformed" / "text_named.jpg").read_bytes()
+        _problem(c.post("/v1/searches", files={"image": ("x.jpg", bad)},
+                        data={"purpose": "investigation", "case": "E"}), 422,
+                 "image_unreadable")
+        _problem(c.post("/v1/searches", files={"image": ("x.jpg", server.image(
+            server.names[0]))}, data={"purpose": "marketing", "case": "E"}), 403,
+            "purpose_not_allowed")
+        missing = _problem(c.post("/v1/searches", data={"purpose": "investigation"}), 422,
+                           "request_invalid")
+        assert {e["field"] for e in missing["errors"]} >= {"body.image", "body.case"}
+        _problem(c.post("/v1/searches", json={"purpose": "x"}), 422, "request_invalid")
+        _problem(c.get("/v1/nowhere"), 404, "route_not_found")
+        over_image = server.image(server.names[0]) + bytes(IMAGE_CAP)
+        _problem(c.post("/v1/searches", files={"image": ("big.jpg", over_image)},
+                        data={"purpose": "investigation", "case": "E"}), 413,
+                 "image_too_large")
+        over_body = bytes(BODY_CAP + 10)
+        _problem(c.post("/v1/searches", files={"image": ("big.jpg", over_body)},
+                        data={"purpose": "investigation", "case": "E"}), 413,
+                 "request_too_large")
+
+
+# --- authentication and the role table ---------------------------------------------------------
+ROUTES: list[tuple[str, str, set[str]]] = [
+    ("POST", "/v1/sources", {"steward"}),
+    ("GET", "/v1/sources", {"steward", "investigator", "auditor"}),
+    ("GET", "/v1/sources/custody", {"steward", "investigator", "auditor"}),
+    ("POST", "/v1/sources/custody/images", {"steward"}),
+    ("GET", "/v1/subjects", {"steward", "auditor"}),
+    ("GET", "/v1/subjects/1", {"steward", "auditor"}),
+    ("DELETE", "/v1/subjects/999999?reason=x", {"steward"}),
+    ("POST", "/v1/searches", {"investigator"}),
+    ("GET", "/v1/searches/1", {"investigator", "reviewer"}),
+    ("POST", "/v1/verifications", {"investigator"}),
+    ("GET", "/v1/audit/events", {"auditor"}),
+    ("GET", "/v1/audit/verify", {"auditor"}),
+    ("POST", "/v1/users", {"admin"}),
+    ("GET", "/v1/users", {"admin"}),
+    ("DELETE", "/v1/users/nobody/keys", {"admin"}),
+]
+
+
+def test_every_route_refuses_anonymous_and_wrong_roles(server: Server) -> None:
+    with server.client() as anon:
+        for method, path, _ in ROUTES:
+            _problem(anon.request(method, path), 401, "unauthenticated")
+        bogus = {"Authorization": "Bearer flk_00000000_" + "A" * 43}
+        for method, path, _ in ROUTES:
+            _problem(anon.request(method, path, headers=bogus), 401, "unauthenticated")
+    for role in ROLES:
+        with server.client(role) as c:
+            for method, path, allowed in ROUTES:
+                r = c.request(method, path)
+                if role in allowed:
+                    assert r.status_code not in (401, 403), (role, method, path, r.text)
+                else:
+                    _problem(r, 403, "forbidden")
+
+
+def test_users_and_revoked_keys(server: Server) -> None:
+    with server.client("admin") as c:
+        made = c.post("/v1/users", data={"name": "inv-9", "roles": ["investigator"]}).json()
+        assert made["api_key"].startswith("flk_")
+        _problem(c.post("/v1/users", data={"name": "inv-9", "roles": ["investigator"]}), 409,
+                 "user_exists")
+        _problem(c.post("/v1/users", data={"name": "x", "roles": ["root"]}), 400,
+                 "invalid_request")
+        listed = c.get("/v1/users").json()
+        assert "api_key" not in json.dumps(listed) and made["api_key"] not in json.dumps(listed)
+    with httpx.Client(base_url=server.url,
+                      headers={"Authorization": f"Bearer {made['api_key']}"}) as inv:
+        assert inv.get("/v1/sources").status_code == 200
+        with server.client("admin") as c:
+            assert c.delete("/v1/users/inv-9/keys").json()["revoked"] == 1
+        _problem(inv.get("/v1/sources"), 401, "unauthenticated")

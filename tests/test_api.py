@@ -54,6 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Serv
             for role in ROLES}
     keys["reviewer2"] = ok_json(home, "user", "add", "reviewer-2", "--role", "reviewer")[
         "api_key"]
+    keys["both"] = ok_json(home, "user", "add", "inv-rev", "--role", "investigator",
+                           "--role", "reviewer")["api_key"]
     port = _free_port()
     env = cli_env(home, FACELEDGER_MAX_IMAGE_BYTES=str(IMAGE_CAP),
                   FACELEDGER_MAX_UPLOAD_BYTES=str(BODY_CAP))
@@ -134,6 +136,9 @@ def test_enrol_search_and_get_a_past_search(server: Server) -> None:
     assert result["notice"].startswith("candidates are leads")
     with server.client("reviewer") as c:
         again = c.get(f"/v1/searches/{result['search_id']}").json()
+    for face in again["faces"]:
+        for cand in face["candidates"]:
+            assert cand.pop("review")["state"] == "pending"
     assert again["faces"] == result["faces"] and again["actor"] == "investigator-1"
     # The audit log names the real user, not the server's login.
     with server.client("auditor") as c:
@@ -232,6 +237,8 @@ ROUTES: list[tuple[str, str, set[str]]] = [
     ("DELETE", "/v1/subjects/999999?reason=x", {"steward"}),
     ("POST", "/v1/searches", {"investigator"}),
     ("GET", "/v1/searches/1", {"investigator", "reviewer"}),
+    ("POST", "/v1/searches/1/reviews", {"reviewer"}),
+    ("GET", "/v1/reviews", {"reviewer"}),
     ("POST", "/v1/verifications", {"investigator"}),
     ("GET", "/v1/audit/events", {"auditor"}),
     ("GET", "/v1/audit/verify", {"auditor"}),
@@ -274,3 +281,67 @@ def test_users_and_revoked_keys(server: Server) -> None:
         with server.client("admin") as c:
             assert c.delete("/v1/users/inv-9/keys").json()["revoked"] == 1
         _problem(inv.get("/v1/sources"), 401, "unauthenticated")
+
+
+# --- two-person review ---------------------------------------------------------------------------
+def _review(srv: Server, role: str, search_id: int, template_id: int, decision: str,
+            note: str = "") -> httpx.Response:
+    with srv.client(role) as c:
+        return c.post(f"/v1/searches/{search_id}/reviews",
+                      data={"template_id": template_id, "decision": decision, "face": 0,
+                            "note": note})
+
+
+def test_two_different_reviewers_make_a_confirmed_identification(server: Server) -> None:
+    target = server.names[1]
+    _enrol(server, target)
+    result = _search(server, target).json()
+    sid, tid = result["search_id"], result["faces"][0]["candidates"][0]["template_id"]
+    _problem(_review(server, "investigator", sid, tid, "confirmed"), 403, "forbidden")
+    first = _review(server, "reviewer", sid, tid, "confirmed", "same ears")
+    assert first.status_code == 201, first.text
+    assert first.json()["state"] == "pending"
+    assert first.json()["summary"] == "1 of 2 confirmations"
+    _problem(_review(server, "reviewer", sid, tid, "confirmed"), 409, "review_conflict")
+    with server.client("reviewer2") as c:
+        queue = c.get("/v1/reviews").json()
+    assert any(q["search_id"] == sid for q in queue)
+    second = _review(server, "reviewer2", sid, tid, "confirmed", "agree")
+    assert second.json()["state"] == "confirmed"
+    _problem(_review(server, "reviewer2", sid, tid, "rejected", "x"), 409, "review_conflict")
+    with server.client("reviewer") as c:
+        shown = c.get(f"/v1/searches/{sid}").json()
+    review = shown["faces"][0]["candidates"][0]["review"]
+    assert review["state"] == "confirmed"
+    assert [d["reviewer"] for d in review["decisions"]] == ["reviewer-1", "reviewer-2"]
+    with server.client("auditor") as c:
+        events = c.get("/v1/audit/events", params={"action": "review.decision"}).json()
+    assert {e["actor"] for e in events["events"]} >= {"reviewer-1", "reviewer-2"}
+
+
+def test_no_one_reviews_their_own_search_and_a_rejection_closes(server: Server) -> None:
+    target = server.names[2]
+    _enrol(server, target)
+    result = _search(server, target, role="both").json()
+    sid, tid = result["search_id"], result["faces"][0]["candidates"][0]["template_id"]
+    _problem(_review(server, "both", sid, tid, "confirmed"), 403, "own_search")
+    _problem(_review(server, "reviewer", sid, tid, "rejected"), 400, "invalid_request")
+    assert _review(server, "reviewer", sid, tid, "rejected", "different chin").json()[
+        "state"] == "rejected"
+    _problem(_review(server, "reviewer2", sid, tid, "confirmed"), 409, "review_conflict")
+
+
+def test_an_erased_subject_leaves_stored_searches_redacted(server: Server) -> None:
+    target = server.names[0]
+    _enrol(server, target)
+    result = _search(server, target).json()
+    assert result["faces"][0]["candidates"][0]["subject"] == target
+    proc = run(server.home, "erase", "--subject", target, "--reason", "SR-redact")
+    assert proc.returncode == 0, proc.stderr
+    with server.client("reviewer") as c:
+        shown = c.get(f"/v1/searches/{result['search_id']}").json()
+    assert target not in json.dumps(shown)
+    assert shown["faces"][0]["candidates"][0]["erased"] is True
+    tid = shown["faces"][0]["candidates"][0]["template_id"]
+    _problem(_review(server, "reviewer", result["search_id"], tid, "confirmed"), 409,
+             "review_conflict")

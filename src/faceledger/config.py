@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     verify_threshold: float | None = Field(default=None, ge=-1, le=1)
     top_k: int = Field(default=10, ge=1, le=1000)
 
+    review_confirmations: int = Field(
+        default=2, ge=1, le=2,
+        description="Confirmations by different reviewers that make a candidate a confirmed "
+                    "identification (EU AI Act Art. 14(5): two).")
     keep_images: bool = Field(default=False, description="Keep original images (off).")
     workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
     # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.

@@ -219,6 +219,22 @@ class SearchNotFound(NotFound):
     code = "search_not_found"
 
 
+class CandidateNotFound(NotFound):
+    code = "candidate_not_found"
+
+
+class ReviewConflict(Conflict):
+    """Already decided by this reviewer, or the candidate is already closed."""
+
+    code = "review_conflict"
+
+
+class OwnSearch(PolicyError):
+    """The investigator who ran a search can never review its candidates."""
+
+    code = "own_search"
+
+
 class AuditChainBroken(FaceledgerError):
     code = "audit_chain_broken"
 

@@ -254,12 +254,44 @@ def create_search(
 def get_search(
     svc: Annotated[Services, needs("investigator", "reviewer")], search_id: int
 ) -> dict[str, object]:
+    from faceledger.services.review import with_review_states
     from faceledger.services.search import get_search as load
 
     result = load(svc, search_id)
     if "reviewer" not in svc.roles and result["actor"] != svc.actor:
         raise errors.Forbidden("an investigator sees their own searches only")
-    return result
+    return with_review_states(svc, search_id, result)
+
+
+@router.post(
+    "/v1/searches/{search_id}/reviews",
+    tags=["review"],
+    status_code=201,
+    summary="Confirm or reject a candidate (two different reviewers confirm a match)",
+)
+def review_candidate(
+    svc: Annotated[Services, needs("reviewer")],
+    search_id: int,
+    template_id: Annotated[int, Form()],
+    decision: Annotated[str, Form(pattern="^(confirmed|rejected)$")],
+    face: Annotated[int, Form(ge=0)] = 0,
+    note: Annotated[str, Form(max_length=2000)] = "",
+) -> dict[str, Any]:
+    from faceledger.services.review import decide
+
+    state = decide(svc, search_id, face, template_id, decision, note)
+    return {"search_id": search_id, "face": face, "template_id": template_id, **state.as_dict()}
+
+
+@router.get(
+    "/v1/reviews",
+    tags=["review"],
+    summary="The review queue: searches with candidates awaiting review",
+)
+def review_queue(svc: Annotated[Services, needs("reviewer")]) -> list[dict[str, Any]]:
+    from faceledger.services.review import queue
+
+    return queue(svc)
 
 
 @router.post(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,7 @@ from faceledger.store.db import checkpoint
 from faceledger.store.models import (
     ErasureReceipt,
     GalleryChange,
+    SearchRecord,
     Source,
     Subject,
     Template,
@@ -92,6 +94,29 @@ def _subjects_for(session: Session, scope: Scope, target: str,
                                 .where(Source.jurisdiction == code))), None
 
 
+def _redact_searches(session: Session, erased: set[int]) -> int:
+    """Stored search results keep no reference or name of an erased subject: their
+    candidates become ``{"erased": true}`` stubs (template id and score stay, for the
+    audit trail of what was shown). Returns how many searches changed."""
+    if not erased:
+        return 0
+    changed = 0
+    for record in session.scalars(select(SearchRecord)):
+        result = json.loads(json.dumps(record.result))
+        hit = False
+        for face in result.get("faces", []):
+            for cand in face.get("candidates", []):
+                if cand.get("template_id") in erased and not cand.get("erased"):
+                    for key in ("subject", "display_name", "basis_ref"):
+                        cand[key] = None
+                    cand["erased"] = True
+                    hit = True
+        if hit:
+            record.result = result
+            changed += 1
+    return changed
+
+
 def erase(svc: Services, scope: Scope, target: str, *, reason: str,
           source_name: str | None = None) -> ErasureResult:
     """Erase a subject (by reference, or ``subject_id``), a source's subjects, or a
@@ -146,7 +171,9 @@ def erase(svc: Services, scope: Scope, target: str, *, reason: str,
         for start in range(0, len(subject_ids), _IN_CHUNK):
             session.execute(delete(Subject).where(
                 Subject.id.in_(subject_ids[start:start + _IN_CHUNK])))
+        redacted = _redact_searches(session, set(template_ids))
         audit.append(session, at=now, actor=svc.actor, action="erasure", details={
+            "searches_redacted": redacted,
             "receipt_id": receipt.id, "scope": scope, "target_hmac": hashed,
             "source_id": receipt.source_id, "jurisdiction": receipt.jurisdiction,
             "subject_ids": subject_ids, "template_ids": template_ids, "reason": reason})

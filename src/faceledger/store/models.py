@@ -215,3 +215,22 @@ class SearchRecord(Base):
     probe_sha256: Mapped[str] = mapped_column(String(64))
     audit_event_id: Mapped[int] = mapped_column(Integer)
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Review(Base):
+    """One reviewer's decision on one candidate of one search (two-person rule:
+    ``services.review``)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("search_id", "face", "template_id", "reviewer"),
+                      NEVER_REUSE_IDS)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"),
+                                           index=True)
+    face: Mapped[int] = mapped_column(Integer)
+    template_id: Mapped[int] = mapped_column(Integer)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

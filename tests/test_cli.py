@@ -151,3 +151,19 @@ def test_verify_in_a_fresh_process_prints_only_its_answer(lfw: Path, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert json.loads(done.stdout)["same_person"] is True
+
+
+HEAVY = ("sqlalchemy", "numpy", "dlib", "cv2", "faiss", "PIL", "pydantic_settings", "fastapi")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["erase", "--bogus"],
+                                  ["index", "--help"]])
+def test_help_and_usage_errors_load_nothing_heavy(args: list[str]) -> None:
+    """`--help` and a usage error answer at once: no model, database or web module loads."""
+    code = ("import sys\nfrom faceledger.cli import cli\n"
+            f"try:\n    cli.main({args!r}, standalone_mode=False)\n"
+            "except Exception:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

@@ -485,3 +485,64 @@ def test_hostile_references_are_refused_on_every_path(tmp_path: Path, lfw: Path)
     assert as_json[0]["subject"] == "old\x1b]0;pwned\x07ref"  # the data itself is intact
     assert ok_json(home, "erase", "--subject-id", str(as_json[0]["id"]),
                    "--reason", "legacy")["subjects"] == 1
+
+
+# --- issue 8's review: bugs in the engine a server would hit ------------------------------------
+def test_kept_images_are_per_source(tmp_path: Path, lfw: Path) -> None:
+    """The same photo in two sources: erasing it from one keeps the other's copy."""
+    home = tmp_path / "home"
+    new_store(home)
+    ok_json(home, "source", "add", "archive", "--lawful-basis", "consent", "--basis-ref", "C",
+            "--jurisdiction", "GB", "--retention-days", "30", "--purpose", "investigation",
+            "--supplier", "s")
+    name = lfw_people(lfw, 1)[0]
+    folder = gallery_folder(lfw, [name], tmp_path / "a")
+    for source in ("custody", "archive"):
+        ok_json(home, "enroll", source, str(folder), FACELEDGER_KEEP_IMAGES="1")
+    assert len(list((home / "images").iterdir())) == 2
+    ok_json(home, "erase", "--subject", name, "--source", "custody", "--reason", "SR")
+    left = list((home / "images").iterdir())
+    assert len(left) == 1
+    assert left[0].read_bytes() == _img(lfw, name).read_bytes()
+
+
+def test_an_image_being_enrolled_elsewhere_is_not_an_orphan(tmp_path: Path, lfw: Path) -> None:
+    home = tmp_path / "home"
+    new_store(home)
+    images = home / "images"
+    images.mkdir(mode=0o700)
+    young, old = images / "1-young", images / "1-old"
+    young.write_bytes(b"in flight")  # another process's enrolment, not yet committed
+    old.write_bytes(b"left by a crash")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    ok_json(home, "index", "rebuild")
+    ok_json(home, "index", "check")  # opens the gallery: the orphan sweep runs
+    assert young.exists()
+    assert not old.exists()
+
+
+def test_a_model_error_on_one_file_is_that_files_refusal(tmp_path: Path, lfw: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from faceledger.services.enrol import enrol
+    from faceledger.vision.pipeline import FacePipeline
+    from tests.conftest import custody_source, make_services
+
+    names = lfw_people(lfw, 3)
+    cursed = _img(lfw, names[1]).read_bytes()
+    real = FacePipeline.enrolment_face
+
+    def flaky(self: FacePipeline, image: object, times: object = None) -> object:
+        if getattr(image, "sha256", None) == hashlib.sha256(cursed).hexdigest():
+            raise RuntimeError("dlib: unexpected internal error")
+        return real(self, image, times)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FacePipeline, "enrolment_face", flaky)
+    svc = make_services(tmp_path / "home")
+    custody_source(svc)
+    report = enrol(svc, "custody", gallery_folder(lfw, names, tmp_path / "a"))
+    by_ref = {i.subject_ref: i for i in report.items}
+    assert by_ref[names[1]].status == "refused"
+    assert by_ref[names[1]].code == "processing_failed"
+    assert by_ref[names[0]].status == by_ref[names[2]].status == "enrolled"
+    svc.close()

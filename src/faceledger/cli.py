@@ -8,14 +8,10 @@ import sys
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
 from faceledger import __version__, errors
 from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
 from faceledger.cli_eval import eval_group
-from faceledger.config import Settings
-from faceledger.error_table import mapping_for
 from faceledger.refs import safe_text
 
 
@@ -34,18 +30,7 @@ def cli(ctx: click.Context, home: Path | None, verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = Settings() if home is None else Settings(home=home)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        click.echo(f"error [config_invalid]: FACELEDGER_{loc.upper()}: {msg}", err=True)
-        sys.exit(mapping_for(errors.ConfigError("")).exit_code)
-    except SettingsError as exc:  # a value the settings source could not even parse
-        click.echo(f"error [config_invalid]: {exc}", err=True)
-        sys.exit(mapping_for(errors.ConfigError("")).exit_code)
-    ctx.obj = Ctx(settings)
+    ctx.obj = Ctx(home)
 
 
 @cli.command()

@@ -8,26 +8,42 @@ import logging
 import sys
 import unicodedata
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from faceledger import errors
-from faceledger.config import Settings
 from faceledger.error_table import mapping_for
 from faceledger.refs import safe_text
-from faceledger.services.container import Services, build_services
-from faceledger.store.db import translate as translate_db_error
+
+if TYPE_CHECKING:  # the heavy modules load when a command runs, not for --help
+    from faceledger.config import Settings
+    from faceledger.services.container import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 class Ctx:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    """What a command gets: the settings (read on first use, so `--help` and usage errors
+    need no configuration and load nothing heavy) and a way to open the store."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self._home = home
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from faceledger.config import load_settings
+
+            self._settings = load_settings(home=self._home)
+        return self._settings
 
     def services(self, create: bool = False) -> Services:
+        from faceledger.services.container import build_services
+
         return build_services(self.settings, create=create)
 
 
@@ -66,6 +82,8 @@ def handles_errors(fn: F) -> F:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
+                from faceledger.store.db import translate as translate_db_error
+
                 typed = translate_db_error(exc)
                 if typed is None:
                     raise

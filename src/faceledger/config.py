@@ -109,3 +109,23 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'faceledger.sqlite3').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``overrides`` that are not None), or a typed
+    :class:`errors.ConfigError` naming the variable: never a traceback."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from faceledger import errors
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise errors.ConfigError(f"FACELEDGER_{loc.upper()}: {msg}") from None
+    except SettingsError as exc:  # a value the settings source could not even parse
+        raise errors.ConfigError(str(exc)) from None

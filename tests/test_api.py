@@ -22,6 +22,7 @@ from tests.procs import cli_env, new_store, ok_json, run
 ROLES = ("admin", "steward", "investigator", "reviewer", "auditor")
 IMAGE_CAP = 2 * 1024 * 1024
 BODY_CAP = 5 * 1024 * 1024
+AUTH_LIMIT = 30
 
 
 @dataclass
@@ -58,7 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Serv
                            "--role", "reviewer")["api_key"]
     port = _free_port()
     env = cli_env(home, FACELEDGER_MAX_IMAGE_BYTES=str(IMAGE_CAP),
-                  FACELEDGER_MAX_UPLOAD_BYTES=str(BODY_CAP))
+                  FACELEDGER_MAX_UPLOAD_BYTES=str(BODY_CAP),
+                  FACELEDGER_AUTH_FAILURES_PER_MINUTE=str(AUTH_LIMIT))
     log_path = home.parent / "serve.log"
     log_file = log_path.open("w")
     proc = subprocess.Popen([str(FL), "serve", "--port", str(port)], env=env,
@@ -345,3 +347,22 @@ def test_an_erased_subject_leaves_stored_searches_redacted(server: Server) -> No
     tid = shown["faces"][0]["candidates"][0]["template_id"]
     _problem(_review(server, "reviewer", result["search_id"], tid, "confirmed"), 409,
              "review_conflict")
+
+
+def test_failed_authentications_are_audited_and_limited(server: Server) -> None:
+    # From an address of its own (all of 127/8 is loopback), so no other test is limited.
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    bogus = {"Authorization": "Bearer flk_deadbeef_" + "B" * 43}
+    with httpx.Client(base_url=server.url, transport=transport, timeout=30) as c:
+        codes = [c.get("/v1/sources", headers=bogus).status_code for _ in range(AUTH_LIMIT + 3)]
+        assert codes[:AUTH_LIMIT] == [401] * AUTH_LIMIT
+        assert codes[AUTH_LIMIT:] == [429] * 3
+        _problem(c.get("/v1/sources", headers=bogus), 429, "rate_limited")
+        good = {"Authorization": f"Bearer {server.keys['steward']}"}
+        assert c.get("/v1/sources", headers=good).status_code == 200  # a valid key works
+    with server.client("auditor") as a:
+        events = a.get("/v1/audit/events", params={"action": "auth.failed",
+                                                   "limit": 1000}).json()["events"]
+    mine = [e for e in events if e["details"]["client"] == "127.0.0.2"]
+    assert len(mine) == AUTH_LIMIT
+    assert {e["details"]["key_prefix"] for e in mine} == {"deadbeef"}

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default=2, ge=1, le=2,
         description="Confirmations by different reviewers that make a candidate a confirmed "
                     "identification (EU AI Act Art. 14(5): two).")
+    auth_failures_per_minute: int = Field(
+        default=10, ge=1, description="API: failed authentications a client address may make "
+                                      "in a minute before it gets 429 (each is audited).")
     keep_images: bool = Field(default=False, description="Keep original images (off).")
     workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
     # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.

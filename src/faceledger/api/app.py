@@ -136,7 +136,7 @@ class Warmup:
 def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAPI:
     """The API on the store of ``settings`` (read from the environment when None: what
     ``faceledger serve`` and uvicorn's workers call)."""
-    from faceledger.api.routes import router
+    from faceledger.api.routes import FailedAuth, router
 
     settings = settings or Settings()
     base = build_services(settings)
@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
     )
     app.state.services = base
     app.state.warmup = warmup
+    app.state.failed_auth = FailedAuth(settings.auth_failures_per_minute)
     app.include_router(router)
 
     @app.middleware("http")

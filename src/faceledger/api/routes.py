@@ -8,6 +8,9 @@ locks (``container.Runtime``) make sharing the models and the index safe.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -28,17 +31,71 @@ def _base(request: Request) -> Services:
     return svc
 
 
+class FailedAuth:
+    """Failed authentications per client address in a sliding minute: past ``limit``, the
+    client gets 429 without its key being looked at. Every failure is audited (at most
+    ``limit`` a minute per address, so a flood cannot flood the audit log)."""
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[float]] = {}
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            recent = self._recent(client)
+            return len(recent) >= self.limit
+
+    def record(self, client: str) -> None:
+        with self._lock:
+            self._recent(client).append(time.monotonic())
+
+    def _recent(self, client: str) -> deque[float]:
+        q = self._seen.setdefault(client, deque())
+        cutoff = time.monotonic() - self.window_s
+        while q and q[0] < cutoff:
+            q.popleft()
+        if len(self._seen) > 10_000:  # bounded memory under a scan from many addresses
+            for key in [k for k, v in self._seen.items() if not v][:5000]:
+                del self._seen[key]
+        return q
+
+
 def _caller(request: Request) -> tuple[Services, Principal]:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise errors.Unauthenticated("send an API key: Authorization: Bearer <key>")
     base = _base(request)
-    principal = authenticate(base, token)
+    limiter: FailedAuth = request.app.state.failed_auth
+    client = request.client.host if request.client else "unknown"
+    try:
+        principal = authenticate(base, token)
+    except errors.Unauthenticated:
+        # A valid key always works; failures past the limit get 429 and are no longer
+        # audited one by one (API keys are 256-bit: the limit bounds the noise, the
+        # login page's passwords will need it for real).
+        if limiter.blocked(client):
+            raise errors.RateLimited("too many failed authentications from this address; "
+                                     "wait a minute") from None
+        limiter.record(client)
+        _audit_failure(base, client, token, getattr(request.state, "request_id", None))
+        raise
     svc = base.for_call(
         principal.name, roles=principal.roles, request_id=getattr(request.state, "request_id", None)
     )
     return svc, principal
+
+
+def _audit_failure(base: Services, client: str, token: str, request_id: str | None) -> None:
+    from faceledger.governance import audit
+
+    prefix = token.strip()[4:12] if token.strip().startswith("flk_") else None
+    with base.writes.begin() as session:
+        audit.append(session, at=base.clock.now(), actor="anonymous", action="auth.failed",
+                     details={"client": client, "key_prefix": prefix,
+                              "request_id": request_id})
 
 
 def needs(*roles: Role) -> Any:

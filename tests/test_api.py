@@ -3,6 +3,7 @@ made with the CLI, with users of every role; and a CLI command beside the runnin
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import lfw_people
 from tests.procs import FACELEDGER as FL
@@ -241,6 +243,8 @@ ROUTES: list[tuple[str, str, set[str]]] = [
     ("GET", "/v1/searches/1", {"investigator", "reviewer"}),
     ("POST", "/v1/searches/1/reviews", {"reviewer"}),
     ("GET", "/v1/reviews", {"reviewer"}),
+    ("GET", "/v1/templates/1/thumbnail", {"reviewer"}),
+    ("GET", "/v1/searches/1/faces/0/crop", {"reviewer"}),
     ("POST", "/v1/verifications", {"investigator"}),
     ("GET", "/v1/audit/events", {"auditor"}),
     ("GET", "/v1/audit/verify", {"auditor"}),
@@ -300,6 +304,13 @@ def test_two_different_reviewers_make_a_confirmed_identification(server: Server)
     result = _search(server, target).json()
     sid, tid = result["search_id"], result["faces"][0]["candidates"][0]["template_id"]
     _problem(_review(server, "investigator", sid, tid, "confirmed"), 403, "forbidden")
+    # Side by side for the reviewer: the enrolled face and the searched face, as small JPEGs.
+    with server.client("reviewer") as c:
+        for path in (f"/v1/templates/{tid}/thumbnail", f"/v1/searches/{sid}/faces/0/crop"):
+            r = c.get(path)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            with Image.open(io.BytesIO(r.content)) as im:
+                assert im.format == "JPEG" and max(im.size) <= 112
     first = _review(server, "reviewer", sid, tid, "confirmed", "same ears")
     assert first.status_code == 201, first.text
     assert first.json()["state"] == "pending"
@@ -310,6 +321,8 @@ def test_two_different_reviewers_make_a_confirmed_identification(server: Server)
     assert any(q["search_id"] == sid for q in queue)
     second = _review(server, "reviewer2", sid, tid, "confirmed", "agree")
     assert second.json()["state"] == "confirmed"
+    with server.client("reviewer") as c:  # review over: the searched face's crop is gone
+        _problem(c.get(f"/v1/searches/{sid}/faces/0/crop"), 404, "not_found")
     _problem(_review(server, "reviewer2", sid, tid, "rejected", "x"), 409, "review_conflict")
     with server.client("reviewer") as c:
         shown = c.get(f"/v1/searches/{sid}").json()
@@ -318,7 +331,9 @@ def test_two_different_reviewers_make_a_confirmed_identification(server: Server)
     assert [d["reviewer"] for d in review["decisions"]] == ["reviewer-1", "reviewer-2"]
     with server.client("auditor") as c:
         events = c.get("/v1/audit/events", params={"action": "review.decision"}).json()
+        viewed = c.get("/v1/audit/events", params={"action": "thumbnail.viewed"}).json()
     assert {e["actor"] for e in events["events"]} >= {"reviewer-1", "reviewer-2"}
+    assert viewed["events"][-1]["details"]["template_id"] == tid
 
 
 def test_no_one_reviews_their_own_search_and_a_rejection_closes(server: Server) -> None:
@@ -347,6 +362,8 @@ def test_an_erased_subject_leaves_stored_searches_redacted(server: Server) -> No
     tid = shown["faces"][0]["candidates"][0]["template_id"]
     _problem(_review(server, "reviewer", result["search_id"], tid, "confirmed"), 409,
              "review_conflict")
+    with server.client("reviewer") as c:  # the face crop went with the template
+        _problem(c.get(f"/v1/templates/{tid}/thumbnail"), 404, "not_found")
 
 
 def test_failed_authentications_are_audited_and_limited(server: Server) -> None:

@@ -287,7 +287,10 @@ def test_erased_vectors_and_reference_leave_no_bytes_in_the_store(tmp_path: Path
         "SELECT t.vector FROM templates t JOIN subjects s ON s.id = t.subject_id "
         "WHERE s.external_ref = ?", (target,))]
     image = _img(lfw, target).read_bytes()
-    assert vectors
+    thumbs = [bytes(j) for (j,) in db.execute(
+        "SELECT h.jpeg FROM thumbnails h JOIN templates t ON t.id = h.template_id "
+        "JOIN subjects s ON s.id = t.subject_id WHERE s.external_ref = ?", (target,))]
+    assert vectors and thumbs
     # Another connection stays open (idle) while the erasure runs, as a server's would.
     ok_json(home, "erase", "--subject", target, "--reason", "SR-3")
     files = _store_bytes(home)
@@ -298,6 +301,8 @@ def test_erased_vectors_and_reference_leave_no_bytes_in_the_store(tmp_path: Path
         assert not leaked, f"{len(leaked)} windows of an erased vector in {name}"
         assert target.encode() not in content, f"the erased reference is in {name}"
         assert image[1000:1032] not in content, f"the erased image is in {name}"
+        assert all(th[len(th) // 2:len(th) // 2 + 32] not in content for th in thumbs), \
+            f"the erased face thumbnail is in {name}"
     # The others are still there, so the scan could have found something.
     other = names[0].encode()
     assert any(other in content for content in files.values())

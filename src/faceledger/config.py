@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         default=10, ge=1, description="API: failed authentications a client address may make "
                                       "in a minute before it gets 429 (each is audited).")
+    probe_crop_days: int = Field(
+        default=30, ge=0, description="Longest a searched face's crop is kept while its "
+                                      "candidates await review (0: never kept).")
     keep_images: bool = Field(default=False, description="Keep original images (off).")
     workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
     # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from faceledger import errors
@@ -77,8 +77,9 @@ def _caller(request: Request) -> tuple[Services, Principal]:
         # audited one by one (API keys are 256-bit: the limit bounds the noise, the
         # login page's passwords will need it for real).
         if limiter.blocked(client):
-            raise errors.RateLimited("too many failed authentications from this address; "
-                                     "wait a minute") from None
+            raise errors.RateLimited(
+                "too many failed authentications from this address; wait a minute"
+            ) from None
         limiter.record(client)
         _audit_failure(base, client, token, getattr(request.state, "request_id", None))
         raise
@@ -93,9 +94,13 @@ def _audit_failure(base: Services, client: str, token: str, request_id: str | No
 
     prefix = token.strip()[4:12] if token.strip().startswith("flk_") else None
     with base.writes.begin() as session:
-        audit.append(session, at=base.clock.now(), actor="anonymous", action="auth.failed",
-                     details={"client": client, "key_prefix": prefix,
-                              "request_id": request_id})
+        audit.append(
+            session,
+            at=base.clock.now(),
+            actor="anonymous",
+            action="auth.failed",
+            details={"client": client, "key_prefix": prefix, "request_id": request_id},
+        )
 
 
 def needs(*roles: Role) -> Any:
@@ -338,6 +343,42 @@ def review_candidate(
 
     state = decide(svc, search_id, face, template_id, decision, note)
     return {"search_id": search_id, "face": face, "template_id": template_id, **state.as_dict()}
+
+
+@router.get(
+    "/v1/templates/{template_id}/thumbnail",
+    tags=["review"],
+    response_class=Response,
+    summary="A template's face crop (audited)",
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def thumbnail(svc: Annotated[Services, needs("reviewer")], template_id: int) -> Response:
+    from faceledger.services.review import template_thumbnail
+
+    return Response(
+        template_thumbnail(svc, template_id),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get(
+    "/v1/searches/{search_id}/faces/{face}/crop",
+    tags=["review"],
+    response_class=Response,
+    summary="A searched face's crop, while under review (audited)",
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def searched_face(
+    svc: Annotated[Services, needs("reviewer")], search_id: int, face: int
+) -> Response:
+    from faceledger.services.review import probe_crop
+
+    return Response(
+        probe_crop(svc, search_id, face),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.get(

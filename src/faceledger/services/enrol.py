@@ -49,10 +49,12 @@ from faceledger.store.models import (
     Source,
     Subject,
     Template,
+    Thumbnail,
     Tombstone,
 )
 from faceledger.vision.imaging import read_image_file, sha256_hex
 from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
+from faceledger.vision.thumbnails import face_thumbnail
 
 Status = Literal["enrolled", "duplicate", "refused", "invalid"]
 ENROL_PURPOSE = "enrol"
@@ -106,11 +108,14 @@ class _Outcome:
     quality: dict[str, float] | None = None
     code: str | None = None
     reason: str | None = None
+    thumbnail: bytes | None = None
 
 
 def _analyse(pipeline: FacePipeline, job: _Job) -> _Outcome:
     try:
-        face = pipeline.enrolment_face(pipeline.decode(job.data))
+        image = pipeline.decode(job.data)
+        face = pipeline.enrolment_face(image)
+        thumb = face_thumbnail(image, face.box)
     except errors.FaceRefused as exc:
         return _Outcome(job.index, code=exc.reason, reason=exc.message)
     except errors.FaceledgerError as exc:
@@ -122,7 +127,7 @@ def _analyse(pipeline: FacePipeline, job: _Job) -> _Outcome:
         return _Outcome(job.index, code="processing_failed",
                         reason=f"unexpected {type(exc).__name__} while processing: {exc}")
     return _Outcome(job.index, vector=face.embedding.astype("<f4").tobytes(),
-                    box=face.box.as_list(), quality=face.quality.as_dict())
+                    box=face.box.as_list(), quality=face.quality.as_dict(), thumbnail=thumb)
 
 
 # Worker-process state: one pipeline per process, built by the pool initializer.
@@ -505,6 +510,8 @@ class _Batch:
                 session.add(template)
                 session.flush()
                 session.add(GalleryChange(template_id=template.id, op="add"))
+                if outcome.thumbnail:
+                    session.add(Thumbnail(template_id=template.id, jpeg=outcome.thumbnail))
                 audit.append(session, at=now, actor=svc.actor, action="template.enrolled",
                              details={"source_id": source.id, "subject_id": subject.id,
                                       "template_id": template.id, "image_sha256": digest,

@@ -36,6 +36,7 @@ from faceledger.store.models import (
     Source,
     Subject,
     Template,
+    Thumbnail,
     Tombstone,
 )
 
@@ -165,6 +166,7 @@ def erase(svc: Services, scope: Scope, target: str, *, reason: str,
                 held.add((sha, src))
         for start in range(0, len(template_ids), _IN_CHUNK):
             chunk = template_ids[start:start + _IN_CHUNK]
+            session.execute(delete(Thumbnail).where(Thumbnail.template_id.in_(chunk)))
             session.execute(delete(Template).where(Template.id.in_(chunk)))
             session.execute(insert(GalleryChange),
                             [{"template_id": tid, "op": "remove"} for tid in chunk])

@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from faceledger import errors
 from faceledger.governance import audit
 from faceledger.services.container import Services
-from faceledger.store.models import Review, SearchRecord, Template
+from faceledger.store.models import ProbeCrop, Review, SearchRecord, Template, Thumbnail
 
 Decision = Literal["confirmed", "rejected"]
 
@@ -108,12 +109,57 @@ def decide(svc: Services, search_id: int, face: int, template_id: int, decision:
         session.add(review)
         session.flush()
         after = _state([*reviews, review], required)
+        if after.state != "pending" and not _pending_left(session, record, required):
+            # Nothing left to review: the searched faces' crops go now, not at expiry.
+            session.execute(delete(ProbeCrop).where(ProbeCrop.search_id == search_id))
         audit.append(session, at=now, actor=svc.actor, action="review.decision", details={
             "search_id": search_id, "case": record.case_ref, "face": face,
             "template_id": template_id, "decision": decision, "state": after.state,
             "confirmations": after.confirmations, "required": required,
             "request_id": svc.request_id})
     return after
+
+
+def _pending_left(session: Session, record: SearchRecord, required: int) -> bool:
+    reviews = list(session.scalars(select(Review).where(Review.search_id == record.id)))
+    for n, face in enumerate(record.result.get("faces", [])):
+        for cand in face.get("candidates", []):
+            if cand.get("erased"):
+                continue
+            mine = [r for r in reviews if r.face == n and r.template_id == cand["template_id"]]
+            if _state(mine, required).state == "pending":
+                return True
+    return False
+
+
+def _viewed(svc: Services, action: str, details: dict[str, Any]) -> None:
+    with svc.writes.begin() as session:
+        audit.append(session, at=svc.clock.now(), actor=svc.actor, action=action,
+                     details={**details, "request_id": svc.request_id})
+
+
+def template_thumbnail(svc: Services, template_id: int) -> bytes:
+    """A template's face crop, for a reviewer; every access is audited."""
+    with svc.sessions() as session:
+        thumb = session.get(Thumbnail, template_id)
+        jpeg = thumb.jpeg if thumb is not None else None
+    if jpeg is None:
+        raise errors.NotFound(f"no thumbnail for template {template_id} (erased, or "
+                              "enrolled before thumbnails were kept)")
+    _viewed(svc, "thumbnail.viewed", {"template_id": template_id})
+    return jpeg
+
+
+def probe_crop(svc: Services, search_id: int, face: int) -> bytes:
+    """A searched face's crop, while its candidates await review; audited."""
+    with svc.sessions() as session:
+        crop = session.get(ProbeCrop, (search_id, face))
+        jpeg = crop.jpeg if crop is not None and crop.expires_at > svc.clock.now() else None
+    if jpeg is None:
+        raise errors.NotFound(f"no crop of face {face} of search {search_id}: none kept, "
+                              "review finished, or expired")
+    _viewed(svc, "probe_crop.viewed", {"search_id": search_id, "face": face})
+    return jpeg
 
 
 def queue(svc: Services, limit: int = 50) -> list[dict[str, Any]]:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import distinct, func, select
+from sqlalchemy import delete, distinct, func, select
 
 from faceledger import errors
 from faceledger.governance import audit
 from faceledger.governance.calibration import cohort_stats
 from faceledger.services.container import Services
-from faceledger.store.models import SearchRecord, Source, Subject, Template
+from faceledger.store.models import ProbeCrop, SearchRecord, Source, Subject, Template
 from faceledger.vision.pipeline import Face, StageTimes
+from faceledger.vision.thumbnails import face_thumbnail
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,11 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
             cands, decision = _candidates(svc, f, sources, top_k, now, searched)
             results.append(FaceResult(f, cands, decision))
     ended = svc.clock.now()
+    keep_days = svc.settings.probe_crop_days
+    crops = {n: face_thumbnail(image, r.face.box) for n, r in enumerate(results)
+             if r.candidates and keep_days > 0}
     with svc.writes.begin() as session:
+        session.execute(delete(ProbeCrop).where(ProbeCrop.expires_at <= now))
         # Enough to re-derive every decision later, and nothing biometric: ids, scores,
         # the decision rule and its inputs; the probe only as its SHA-256. Who, when (start
         # and end), purpose, case, the gallery searched: EU AI Act Art. 12(3).
@@ -288,6 +293,10 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         session.add(record)
         session.flush()
         search_id = record.id
+        # The searched faces' crops, for reviewers, only while candidates await review.
+        for n, jpeg in crops.items():
+            session.add(ProbeCrop(search_id=search_id, face=n, jpeg=jpeg,
+                                  expires_at=now + timedelta(days=keep_days)))
     return replace(result, search_id=search_id)
 
 

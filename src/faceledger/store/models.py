@@ -234,3 +234,27 @@ class Review(Base):
     decision: Mapped[str] = mapped_column(String(16))
     note: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Thumbnail(Base):
+    """A template's face crop for reviewers (``vision.thumbnails``): erased with it (the
+    foreign key cascades, and the erasure deletes it in the same transaction)."""
+
+    __tablename__ = "thumbnails"
+
+    template_id: Mapped[int] = mapped_column(
+        ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ProbeCrop(Base):
+    """A searched face's crop, kept only while the search has candidates awaiting review,
+    and never past ``expires_at`` (``FACELEDGER_PROBE_CROP_DAYS``)."""
+
+    __tablename__ = "probe_crops"
+
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    face: Mapped[int] = mapped_column(Integer, primary_key=True)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

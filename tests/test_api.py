@@ -383,3 +383,50 @@ def test_failed_authentications_are_audited_and_limited(server: Server) -> None:
     mine = [e for e in events if e["details"]["client"] == "127.0.0.2"]
     assert len(mine) == AUTH_LIMIT
     assert {e["details"]["key_prefix"] for e in mine} == {"deadbeef"}
+
+
+# --- the CLI as a client of the running server ------------------------------------------------
+def _remote(srv: Server, role: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # FACELEDGER_HOME points nowhere: everything must go through the server.
+    return run(srv.home.parent / "no-store-here", *args, FACELEDGER_URL=srv.url,
+               FACELEDGER_API_KEY=srv.keys[role])
+
+
+def test_the_cli_talks_to_the_server(server: Server, tmp_path: Path, data: Path) -> None:
+    target = server.names[4]
+    folder = tmp_path / "g"
+    (folder / target).mkdir(parents=True)
+    (folder / target / "b.jpg").write_bytes(server.image(target, 2))
+    (folder / "loose.jpg").write_bytes(server.image(target, 2))
+    proc = _remote(server, "steward", "enroll", "custody", str(folder), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["counts"]["invalid"] == 1
+    assert report["counts"]["enrolled"] + report["counts"]["duplicate"] == 1
+    probe = server.lfw / target / f"{target}_0001.jpg"
+    proc = _remote(server, "investigator", "search", str(probe), "--purpose", "investigation",
+                   "--case", "CLI-R", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["search_id"] and result["faces"][0]["candidates"][0]["subject"] == target
+    text = _remote(server, "investigator", "search", str(probe), "--purpose", "investigation",
+                   "--case", "CLI-R")
+    assert text.returncode == 0 and target in text.stdout
+    # The same exit codes and error lines as on the store itself.
+    bad = data / "malformed" / "text_named.jpg"
+    proc = _remote(server, "investigator", "search", str(bad), "--purpose", "investigation",
+                   "--case", "C")
+    assert proc.returncode == 3 and proc.stderr.startswith("error [image_unreadable]")
+    proc = _remote(server, "investigator", "search", str(probe), "--purpose", "marketing",
+                   "--case", "C")
+    assert proc.returncode == 9 and "purpose_not_allowed" in proc.stderr
+    proc = _remote(server, "investigator", "enroll", "custody", str(folder))
+    assert proc.returncode == 9 and "error [forbidden]" in proc.stderr  # the server's roles
+    proc = run(server.home.parent / "nowhere", "source", "list", FACELEDGER_URL=server.url,
+               FACELEDGER_API_KEY="flk_00000000_" + "C" * 43)
+    assert proc.returncode == 13 and "unauthenticated" in proc.stderr
+    proc = _remote(server, "steward", "erase", "--subject", target, "--reason", "via CLI",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["subjects"] == 1
+    assert _remote(server, "auditor", "audit", "verify").returncode == 0

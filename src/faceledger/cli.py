@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +15,10 @@ from faceledger import __version__, errors
 from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
 from faceledger.cli_eval import eval_group
 from faceledger.refs import safe_text
+
+if TYPE_CHECKING:
+    from faceledger.client import Client
+    from faceledger.services.enrol import ItemResult
 
 
 @click.group()
@@ -93,11 +99,17 @@ def source_list(c: Ctx, as_json: bool) -> None:
     """List sources with their lawful basis and what they hold."""
     from faceledger.services.sources import list_sources
 
-    rows = list_sources(c.services())
-    data = [{"source": r.source.name, "lawful_basis": r.source.lawful_basis,
-             "basis_ref": r.source.basis_ref, "jurisdiction": r.source.jurisdiction,
-             "retention_days": r.source.retention_days, "purposes": r.source.purposes,
-             "subjects": r.subjects, "templates": r.templates} for r in rows]
+    remote = c.remote()
+    if remote is not None:
+        data = [{k: d[k] for k in ("source", "lawful_basis", "basis_ref", "jurisdiction",
+                                   "retention_days", "purposes", "subjects", "templates")}
+                for d in remote.sources()]
+    else:
+        rows = list_sources(c.services())
+        data = [{"source": r.source.name, "lawful_basis": r.source.lawful_basis,
+                 "basis_ref": r.source.basis_ref, "jurisdiction": r.source.jurisdiction,
+                 "retention_days": r.source.retention_days, "purposes": r.source.purposes,
+                 "subjects": r.subjects, "templates": r.templates} for r in rows]
     text = "\n".join(
         f"{d['source']}\t{d['lawful_basis']} ({d['basis_ref']})\t{d['jurisdiction']}\t"
         f"{d['subjects']} subjects\t{d['templates']} templates" for d in data) or "no sources"
@@ -118,18 +130,72 @@ def enroll(c: Ctx, source_name: str, path: Path, confine_paths: bool, as_json: b
 
     Re-running is safe: images already held are reported as duplicates.
     """
-    from faceledger.services.enrol import ItemResult, enrol
+    from faceledger.services.enrol import enrol
 
     def progress(r: ItemResult) -> None:
         if not as_json:
             extra = f" [{r.code}] {safe_text(r.reason or '')}" if r.code else ""
             click.echo(f"{r.status:9} {safe_text(r.label)}{extra}")
 
-    report = enrol(c.services(), source_name, path, progress, confine=confine_paths)
-    counts = report.counts()
-    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-    emit({"source": report.source, "counts": counts,
-           "items": [i.as_dict() for i in report.items]}, as_json, summary)
+    remote = c.remote()
+    if remote is not None:
+        out = _enrol_remote(c, remote, source_name, path, confine_paths, progress)
+    else:
+        report = enrol(c.services(), source_name, path, progress, confine=confine_paths)
+        out = {"source": report.source, "counts": report.counts(),
+               "items": [i.as_dict() for i in report.items]}
+    summary = ", ".join(f"{v} {k}" for k, v in out["counts"].items())  # type: ignore[attr-defined]
+    emit(out, as_json, summary)
+
+
+REMOTE_BATCH = 16
+
+
+def _enrol_remote(c: Ctx, remote: Client, source_name: str, path: Path, confine: bool,
+                  progress: Callable[[ItemResult], None]) -> dict[str, object]:
+    """Enrolment through the server: the batch is read here (the same rules for folders,
+    manifests and references), sent in small batches, reported as the server decided."""
+    from faceledger.services.enrol import ItemResult
+    from faceledger.services.ingest_input import collect
+    from faceledger.vision.imaging import read_image_file
+
+    items: list[dict[str, object]] = []
+    pending: list[tuple[str, str, bytes]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        for d in remote.enrol(source_name, pending)["items"]:
+            items.append(d)
+            progress(ItemResult(str(d["file"]), d["status"], str(d["subject"]),
+                                d.get("code"), d.get("reason"), d.get("template_id")))
+        pending.clear()
+
+    for item in collect(path, confine=confine):
+        if item.problem or item.path is None:
+            flush()
+            r = ItemResult(item.label, "invalid", item.subject_ref,
+                           item.code or "manifest_invalid", item.problem or "no file")
+            items.append(r.as_dict())
+            progress(r)
+            continue
+        try:
+            data = read_image_file(item.path, c.settings.max_image_bytes)
+        except errors.FaceledgerError as exc:
+            flush()
+            status = "invalid" if isinstance(exc, errors.InvalidFile) else "refused"
+            r = ItemResult(item.label, status, item.subject_ref, exc.code, exc.message)  # type: ignore[arg-type]
+            items.append(r.as_dict())
+            progress(r)
+            continue
+        pending.append((item.label, item.subject_ref, data))
+        if len(pending) >= REMOTE_BATCH:
+            flush()
+    flush()
+    counts = {"enrolled": 0, "duplicate": 0, "refused": 0, "invalid": 0}
+    for d in items:
+        counts[str(d["status"])] += 1
+    return {"source": source_name, "counts": counts, "items": items}
 
 
 def _read(c: Ctx, path: Path) -> bytes:
@@ -153,24 +219,31 @@ def _read(c: Ctx, path: Path) -> bytes:
 def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
            face_index: int | None, as_json: bool) -> None:
     """Search the gallery for the faces in PHOTO (1:N). Empty list = no one matched."""
-    from faceledger.services.search import search as run_search
+    data = _read(c, photo)
+    remote = c.remote()
+    if remote is not None:
+        result = remote.search(data, purpose=purpose, case=case_ref, top_k=top_k,
+                               face=face_index)
+    else:
+        from faceledger.services.search import search as run_search
 
-    result = run_search(c.services(), _read(c, photo), purpose=purpose, case=case_ref,
-                        top_k=top_k, face_index=face_index)
+        result = run_search(c.services(), data, purpose=purpose, case=case_ref,
+                            top_k=top_k, face_index=face_index).as_dict()
     lines = []
-    if not result.faces:
+    faces: list[dict[str, Any]] = result["faces"]
+    if not faces:
         lines.append("no face found in the photo")
-    for n, fr in enumerate(result.faces):
-        lines.append(f"face {n} at {fr.face.box.as_list()} (decision: {fr.decision.method} "
-                     f">= {fr.decision.threshold:.3f}):")
-        if not fr.candidates:
+    for n, fr in enumerate(faces):
+        lines.append(f"face {n} at {fr['box']} (decision: {fr['decision']['method']} "
+                     f">= {fr['decision']['threshold']:.3f}):")
+        if not fr["candidates"]:
             lines.append("  no one in the gallery above the threshold")
-        for c_ in fr.candidates:
-            lines.append(f"  {c_.score:.3f}  {safe_text(c_.subject)}  (source "
-                         f"{safe_text(c_.source)}; a stranger "
-                         f"scores this high in this gallery with probability {c_.fpir:.2g})")
+        for c_ in fr["candidates"]:
+            lines.append(f"  {c_['score']:.3f}  {safe_text(str(c_['subject']))}  (source "
+                         f"{safe_text(str(c_['source']))}; a stranger scores this high in "
+                         f"this gallery with probability {c_['fpir']:.2g})")
     lines.append("candidates are leads for human review, not identifications")
-    emit(result.as_dict(), as_json, "\n".join(lines))
+    emit(result, as_json, "\n".join(lines))
 
 
 @cli.command()
@@ -184,13 +257,17 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
 def verify(c: Ctx, photo_a: Path, photo_b: Path, purpose: str | None, case_ref: str | None,
            as_json: bool) -> None:
     """Are the largest faces in PHOTO_A and PHOTO_B the same person? (1:1)"""
-    from faceledger.services.search import verify as run_verify
+    a, b = _read(c, photo_a), _read(c, photo_b)
+    remote = c.remote()
+    if remote is not None:
+        r = remote.verify(a, b, purpose=purpose, case=case_ref)
+    else:
+        from faceledger.services.search import verify as run_verify
 
-    r = run_verify(c.services(), _read(c, photo_a), _read(c, photo_b), purpose=purpose,
-                   case=case_ref)
-    verdict = "same person" if r.same_person else "different people"
-    emit(r.as_dict(), as_json, f"{verdict} (score {r.score:.3f}, threshold "
-          f"{r.threshold:.3f}; false match rate at this score ~{r.fmr:.2g})")
+        r = run_verify(c.services(), a, b, purpose=purpose, case=case_ref).as_dict()
+    verdict = "same person" if r["same_person"] else "different people"
+    emit(r, as_json, f"{verdict} (score {r['score']:.3f}, threshold "
+          f"{r['threshold']:.3f}; false match rate at this score ~{r['fmr']:.2g})")
 
 
 @cli.group()
@@ -207,10 +284,12 @@ def subjects_list(c: Ctx, source_name: str | None, as_json: bool) -> None:
     """List enrolled subjects."""
     from faceledger.services.subjects import list_subjects
 
-    rows = list_subjects(c.services(), source_name)
-    text = "\n".join(f"{safe_text(r.ref)}\t{safe_text(r.source)}\t{r.templates} templates"
-                     for r in rows)
-    emit([r.as_dict() for r in rows], as_json, text or "no subjects")
+    remote = c.remote()
+    rows = (remote.subjects(source_name) if remote is not None
+            else [r.as_dict() for r in list_subjects(c.services(), source_name)])
+    text = "\n".join(f"{safe_text(str(r['subject']))}\t{safe_text(str(r['source']))}\t"
+                     f"{r['templates']} templates" for r in rows)
+    emit(rows, as_json, text or "no subjects")
 
 
 @subjects.command("show")
@@ -243,12 +322,40 @@ def erase(c: Ctx, subject_ref: str | None, subject_id: int | None, source_name: 
     """Erase a subject, a source or a jurisdiction: templates, images and index entries."""
     from faceledger.services.erasure import erase_request
 
+    remote = c.remote()
+    if remote is not None:
+        d = _erase_remote(remote, reason, subject_ref, subject_id, source_name, jurisdiction)
+        emit(d, as_json, f"erased {d['subjects']} subject(s), {d['templates']} template(s), "
+                         f"{d['images']} image(s); receipt {d['receipt']}")
+        return
     r = erase_request(c.services(), reason=reason, subject_ref=subject_ref,
                       subject_id=subject_id, source_name=source_name,
                       jurisdiction=jurisdiction)
     emit(r.as_dict(), as_json,
           f"erased {r.subjects} subject(s), {r.templates} template(s), {r.images} image(s); "
           f"receipt {r.receipt_id}")
+
+
+def _erase_remote(remote: Client, reason: str, subject_ref: str | None,
+                  subject_id: int | None, source_name: str | None,
+                  jurisdiction: str | None) -> dict[str, Any]:
+    if jurisdiction is not None or (subject_ref is None and subject_id is None):
+        raise errors.InvalidRequest("through the server, erase a subject (--subject or "
+                                    "--subject-id); erase a source or a jurisdiction on "
+                                    "the store itself")
+    if subject_id is None:
+        from faceledger.refs import lookup_forms
+
+        forms = set(lookup_forms(subject_ref or ""))
+        found = [r for r in remote.subjects(source_name) if r["subject"] in forms]
+        if not found:
+            raise errors.SubjectNotFound(f"no subject with reference "
+                                         f"{safe_text(subject_ref or '')!r}")
+        if len({r["source"] for r in found}) > 1:
+            raise errors.InvalidRequest("that reference exists in several sources; name one "
+                                        "with --source")
+        subject_id = int(found[0]["id"])
+    return remote.erase_subject(subject_id, reason)
 
 
 @cli.group()
@@ -264,6 +371,12 @@ def audit_verify(c: Ctx, as_json: bool) -> None:
     """Check the whole chain; name the first broken link (exit code 10 if broken)."""
     from faceledger.services.auditing import verify_audit
 
+    remote = c.remote()
+    if remote is not None:
+        d = remote.audit_verify()
+        emit({"ok": True, "events": d["events"]}, as_json,
+             f"audit chain intact: {d['events']} events")
+        return
     report = verify_audit(c.services())
     emit({"ok": True, "events": report.events}, as_json,
           f"audit chain intact: {report.events} events")

@@ -18,6 +18,7 @@ from faceledger.error_table import mapping_for
 from faceledger.refs import safe_text
 
 if TYPE_CHECKING:  # the heavy modules load when a command runs, not for --help
+    from faceledger.client import Client
     from faceledger.config import Settings
     from faceledger.services.container import Services
 
@@ -40,6 +41,18 @@ class Ctx:
 
             self._settings = load_settings(home=self._home)
         return self._settings
+
+    def remote(self) -> Client | None:
+        """A client of the server at FACELEDGER_URL, or None to work on the store here."""
+        url = self.settings.url
+        if not url:
+            return None
+        key = self.settings.api_key
+        if key is None or not key.get_secret_value():
+            raise errors.ConfigError("FACELEDGER_URL is set: set FACELEDGER_API_KEY too")
+        from faceledger.client import Client
+
+        return Client(url, key.get_secret_value())
 
     def services(self, create: bool = False) -> Services:
         from faceledger.services.container import build_services

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from faceledger.vision.embedder_names import EmbedderName
@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.
     excluded_jurisdictions: Annotated[list[str], NoDecode] = Field(default_factory=list)
     user: str | None = Field(default=None, description="Acting user for the audit log.")
+    url: str | None = Field(
+        default=None, description="CLI: a running server's URL; search, verify, enroll, "
+                                  "source list, subjects list, erase and audit verify then "
+                                  "go through it, with the API key's user and roles.")
+    api_key: SecretStr | None = Field(default=None, description="CLI: the key for `url`.")
 
     @field_validator("home", mode="before")
     @classmethod

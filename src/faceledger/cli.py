@@ -45,16 +45,10 @@ def cli(ctx: click.Context, home: Path | None, verbose: bool) -> None:
 @handles_errors
 def init(c: Ctx, as_json: bool) -> None:
     """Create the embedded store (SQLite + vector index) in the home folder."""
-    home_dir = c.settings.home
-    if home_dir.exists() and not home_dir.is_dir():
-        raise errors.ConfigError(f"FACELEDGER_HOME {home_dir} is a file, not a folder")
-    if (home_dir / "faceledger.sqlite3").exists():
-        raise errors.StoreAlreadyInitialised(f"a store already exists at {home_dir}")
-    svc = c.services(create=True)
-    count = svc.gallery.index.count()
-    svc.close()
-    home = str(c.settings.home.resolve())
-    emit({"home": home, "templates": count}, as_json, f"initialised faceledger store at {home}")
+    from faceledger.services.admin import init_store
+
+    data = init_store(c.settings)
+    emit(data, as_json, f"initialised faceledger store at {data['home']}")
 
 
 @cli.group()
@@ -89,6 +83,21 @@ def source_add(c: Ctx, name: str, lawful_basis: str, basis_ref: str, jurisdictio
                                      retention_days, purposes, supplier, description,
                                      provenance))
     emit({"source": src.name, "id": src.id}, as_json, f"source {src.name} added")
+
+
+@source.command("close")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@json_option
+@pass_ctx
+@handles_errors
+def source_close(c: Ctx, name: str, reason: str, as_json: bool) -> None:
+    """Close source NAME: no more enrolment; what it holds stays until retention or erasure."""
+    from faceledger.services.sources import close_source
+
+    src = close_source(c.services(), name, reason)
+    emit({"source": src.name, "closed_at": src.closed_at.isoformat() if src.closed_at
+          else None}, as_json, f"source {src.name} closed")
 
 
 @source.command("list")
@@ -393,7 +402,9 @@ def index() -> None:
 @handles_errors
 def index_rebuild(c: Ctx, as_json: bool) -> None:
     """Rebuild the vector index from the templates in the records store."""
-    n = c.services().new_gallery().rebuild()  # never reads the old file
+    from faceledger.services.admin import rebuild_index
+
+    n = rebuild_index(c.services())
     emit({"templates": n}, as_json, f"index rebuilt: {n} templates")
 
 
@@ -406,20 +417,13 @@ def index_check(c: Ctx, repair: bool, as_json: bool) -> None:
     """Compare the index with the records, by id and by every vector's content.
 
     Exit code 0 if they agree (or were repaired), 12 if they differ."""
-    svc = c.services()
-    gallery = svc.gallery
-    opened = gallery.last_reconcile
-    r = gallery.check(repair=repair)
-    data = {"agree": not (r.added or r.removed or r.replaced) or repair,
-            "missing": r.added, "extra": r.removed, "different_content": r.replaced,
-            "repaired": repair, "templates": gallery.index.count(),
-            "on_open": {"rebuilt": opened.rebuilt, "reason": opened.reason,
-                        "added": opened.added, "removed": opened.removed}}
+    from faceledger.services.admin import check_index
+
+    data = check_index(c.services(), repair)
     emit(data, as_json,
-         f"index and records {'agree' if data['agree'] else 'DIFFER'}: {r.added} missing, "
-         f"{r.removed} extra, {r.replaced} with other content"
-         + (" (repaired)" if repair and not data["agree"] else "")
-         + f"; {data['templates']} templates")
+         f"index and records {'agree' if data['agree'] else 'DIFFER'}: {data['missing']} "
+         f"missing, {data['extra']} extra, {data['different_content']} with other content"
+         + (" (repaired)" if data["repaired"] else "") + f"; {data['templates']} templates")
     if not data["agree"]:
         sys.exit(12)
 

@@ -176,6 +176,26 @@ def create_source(
     return {"source": src.name, "id": src.id}
 
 
+@router.post(
+    "/v1/sources/{name}/close",
+    tags=["sources"],
+    summary="Close a source: no more enrolment (what it holds stays)",
+)
+def close(
+    svc: Annotated[Services, needs("steward")],
+    name: str,
+    reason: Annotated[str, Form(min_length=1)],
+) -> dict[str, Any]:
+    from faceledger.services.sources import close_source
+
+    src = close_source(svc, name, reason)
+    return {
+        "source": src.name,
+        "closed_at": src.closed_at.isoformat() if src.closed_at else None,
+        "reason": src.closed_reason,
+    }
+
+
 def _source_dict(r: Any) -> dict[str, Any]:
     s = r.source
     return {
@@ -188,6 +208,7 @@ def _source_dict(r: Any) -> dict[str, Any]:
         "supplier": s.supplier,
         "subjects": r.subjects,
         "templates": r.templates,
+        "closed_at": s.closed_at.isoformat() if s.closed_at else None,
     }
 
 
@@ -401,19 +422,25 @@ def review_queue(svc: Annotated[Services, needs("reviewer")]) -> list[dict[str, 
 def create_verification(
     svc: Annotated[Services, needs("investigator")],
     image_a: Annotated[UploadFile, File()],
-    image_b: Annotated[UploadFile, File()],
+    image_b: Annotated[UploadFile | None, File()] = None,
+    subject_id: Annotated[int | None, Form()] = None,
     purpose: Annotated[str | None, Form()] = None,
     case: Annotated[str | None, Form()] = None,
 ) -> dict[str, object]:
-    from faceledger.services.search import verify
+    """Two images (`image_a`, `image_b`), or an image and an enrolled `subject_id`."""
+    from faceledger.services.search import verify, verify_subject
 
     limit = svc.settings.max_image_bytes
+    a = _read_upload(image_a, limit, "image_a")
+    if (image_b is None) == (subject_id is None):
+        raise errors.InvalidRequest("give image_b or subject_id (one of them)")
+    if subject_id is not None:
+        result = verify_subject(svc, a, subject_id, purpose=purpose, case=case).as_dict()
+        result["subject_id"] = subject_id
+        return result
+    assert image_b is not None
     return verify(
-        svc,
-        _read_upload(image_a, limit, "image_a"),
-        _read_upload(image_b, limit, "image_b"),
-        purpose=purpose,
-        case=case,
+        svc, a, _read_upload(image_b, limit, "image_b"), purpose=purpose, case=case
     ).as_dict()
 
 

@@ -356,6 +356,10 @@ def _crash_outcome(job: _Job) -> _Outcome:
 
 
 def _check_source(svc: Services, source: Source) -> None:
+    if source.closed_at is not None:
+        raise errors.SourceRetired(
+            f"source {source.name} was closed on {source.closed_at.date().isoformat()} "
+            f"({source.closed_reason}): nothing more may be enrolled into it")
     if source.jurisdiction in svc.settings.excluded_jurisdictions:
         raise errors.JurisdictionExcluded(
             f"source {source.name} is in jurisdiction {source.jurisdiction}, which this "

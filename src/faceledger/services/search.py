@@ -351,3 +351,35 @@ def get_search(svc: Services, search_id: int) -> dict[str, object]:
         out.update({"search_id": record.id, "actor": record.actor,
                     "at": record.at.isoformat()})
     return out
+
+
+def verify_subject(svc: Services, data: bytes, subject_id: int, *,
+                   purpose: str | None = None, case: str | None = None) -> VerifyResult:
+    """1:1 against an enrolled subject: the probe's largest face against the subject's
+    best-matching template (their eligible templates in this embedding space)."""
+    svc.require_writable()
+    face, sha = _largest_face(svc, data, "the image")
+    now = svc.clock.now()
+    with svc.sessions() as session:
+        subject = session.get(Subject, subject_id)
+        if subject is None:
+            raise errors.SubjectNotFound(f"no subject with id {subject_id}")
+        rows = session.execute(select(Template.id, Template.vector).where(
+            Template.subject_id == subject_id, Template.space == svc.space,
+            Template.expires_at > now)).all()
+    if not rows:
+        raise errors.SubjectNotFound(
+            f"subject {subject_id} has no template in date in this embedding space")
+    scores = [(float(np.dot(face.embedding, np.frombuffer(v, dtype="<f4"))), int(tid))
+              for tid, v in rows]
+    score, template_id = max(scores)
+    threshold = svc.verify_threshold()
+    same = score >= threshold
+    with svc.writes.begin() as session:
+        event = audit.append(session, at=now, actor=svc.actor, action="verify", details={
+            "image_sha256": [sha], "subject_id": subject_id, "template_id": template_id,
+            "score": round(score, 4), "same_person": same, "purpose": purpose,
+            "case": case, "request_id": svc.request_id})
+        event_id = event.id
+    return VerifyResult(score, svc.calibration.fmr(score), same, threshold,
+                        (face.box.as_list(), []), event_id)

@@ -109,3 +109,25 @@ def list_sources(svc: Services) -> list[SourceSummary]:
             select(Template.source_id, func.count()).group_by(Template.source_id)
         ).all())
     return [SourceSummary(s, subj.get(s.id, 0), tmpl.get(s.id, 0)) for s in sources]
+
+
+def close_source(svc: Services, name: str, reason: str) -> Source:
+    """Close a source: no more images are enrolled from it (``source_retired``); what it
+    holds stays searchable until its retention runs out or it is erased. Audited."""
+    reason = reason.strip()
+    if not reason:
+        raise errors.InvalidRequest("closing a source needs a reason")
+    svc.require_writable()
+    now = svc.clock.now()
+    with svc.writes.begin() as session:
+        source = session.scalar(select(Source).where(Source.name == name))
+        if source is None:
+            raise errors.SourceNotFound(f"no source named {name!r}")
+        if source.closed_at is not None:
+            raise errors.SourceRetired(f"source {name} was closed on "
+                                       f"{source.closed_at.date().isoformat()}")
+        source.closed_at = now
+        source.closed_reason = reason
+        audit.append(session, at=now, actor=svc.actor, action="source.closed",
+                     details={"source_id": source.id, "name": name, "reason": reason})
+    return source

@@ -64,6 +64,10 @@ class Source(Base):
     purposes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(200))
+    # A closed source takes no more images; what it holds stays searchable until its
+    # retention runs out or it is erased.
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Subject(Base):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from faceledger import errors
 from faceledger.cli import cli
 from tests.conftest import gallery_folder, lfw_people
 
@@ -167,3 +168,32 @@ def test_help_and_usage_errors_load_nothing_heavy(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_passwords_are_argon2_hashed_and_checked(tmp_path: Path) -> None:
+    from faceledger.config import Settings
+    from faceledger.services.container import build_services
+    from faceledger.services.users import check_password
+    from tests.procs import new_store, ok_json
+    from tests.procs import run as run_cli
+
+    home = tmp_path / "home"
+    new_store(home)
+    ok_json(home, "user", "add", "rita", "--role", "reviewer")
+    proc = subprocess.run([str(Path(sys.executable).with_name("faceledger")), "user",
+                           "passwd", "rita", "--password-stdin"],
+                          input="correct horse battery\n", text=True, capture_output=True,
+                          env={**os.environ, "FACELEDGER_HOME": str(home)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    short = run_cli(home, "user", "passwd", "rita", "--password-stdin")
+    assert short.returncode == 8  # empty stdin: too short
+    db = sqlite3.connect(home / "faceledger.sqlite3")
+    (stored,) = db.execute("SELECT password_hash FROM users WHERE name='rita'").fetchone()
+    db.close()
+    assert stored.startswith("$argon2id$") and "correct horse" not in stored
+    svc = build_services(Settings(home=home))
+    assert check_password(svc, "rita", "correct horse battery").roles == {"reviewer"}
+    for name, pw in (("rita", "wrong horse battery"), ("nobody", "correct horse battery")):
+        with pytest.raises(errors.Unauthenticated, match="wrong user name or password"):
+            check_password(svc, name, pw)
+    svc.close()

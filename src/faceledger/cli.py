@@ -505,6 +505,25 @@ def user_revoke(c: Ctx, name: str, prefix: str | None, as_json: bool) -> None:
     emit({"user": name, "revoked": n}, as_json, f"{n} key(s) of {name} revoked")
 
 
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from standard input (one line) instead of a prompt.")
+@json_option
+@pass_ctx
+@handles_errors
+def user_passwd(c: Ctx, name: str, password_stdin: bool, as_json: bool) -> None:
+    """Set a user's password for the web page (argon2id; at least 12 characters)."""
+    from faceledger.services.users import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    set_password(c.services(), name, password)
+    emit({"user": name, "password_set": True}, as_json, f"password of {name} set")
+
+
 @user.command("list")
 @json_option
 @pass_ctx

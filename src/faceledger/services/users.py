@@ -14,6 +14,7 @@ secret (256 random bits) is shown once and stored only as its SHA-256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -183,3 +184,60 @@ def require_role(principal: Principal, *allowed: Role) -> None:
         raise errors.Forbidden(
             f"this needs the role {' or '.join(allowed)}; {principal.name} has "
             f"{', '.join(sorted(principal.roles)) or 'none'}")
+
+
+MIN_PASSWORD_LEN = 12
+
+
+def set_password(svc: Services, name: str, password: str) -> None:
+    """Set a user's password (for the web page's login), hashed with argon2id."""
+    from argon2 import PasswordHasher
+
+    if len(password) < MIN_PASSWORD_LEN:
+        raise errors.InvalidRequest(
+            f"a password needs at least {MIN_PASSWORD_LEN} characters")
+    if len(password) > 1024:
+        raise errors.InvalidRequest("a password has at most 1024 characters")
+    svc.require_writable()
+    hashed = PasswordHasher().hash(password)
+    now = svc.clock.now()
+    with svc.writes.begin() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise errors.UserNotFound(f"no user named {name!r}")
+        user.password_hash = hashed
+        audit.append(session, at=now, actor=svc.actor, action="user.password_set",
+                     details={"user": name})
+
+
+def check_password(svc: Services, name: str, password: str) -> Principal:
+    """The user, if ``password`` is theirs; else :class:`errors.Unauthenticated` (one
+    message for every cause). Rehashes when argon2's parameters have been raised."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    refused = errors.Unauthenticated("wrong user name or password")
+    with svc.sessions() as session:
+        user = session.scalar(select(User).where(User.name == name))
+    hasher = PasswordHasher()
+    if user is None or user.disabled or not user.password_hash:
+        # The same work as a real check, so timing does not tell which names exist.
+        with contextlib.suppress(VerificationError, InvalidHashError):
+            hasher.verify(_DUMMY_HASH, password)
+        raise refused
+    try:
+        hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise refused from None
+    if hasher.check_needs_rehash(user.password_hash):
+        with svc.writes.begin() as session:
+            fresh = session.get(User, user.id)
+            if fresh is not None:
+                fresh.password_hash = hasher.hash(password)
+    return Principal(user.name, frozenset(user.roles))
+
+
+# A hash of a random password with the default parameters, for check_password's
+# constant-work path (not a secret: no password hashes to it).
+_DUMMY_HASH = ("$argon2id$v=19$m=65536,t=3,p=4$bQ6OHAmxbxQBx5WRV0r"
+               "Q3w$LywaxX7C4mXhNA2Zt/dum4tWYYU59ucA0C8gD4AZMOQ")

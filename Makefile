@@ -1,4 +1,4 @@
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 
 setup:
 	./scripts/setup.sh
@@ -10,7 +10,10 @@ lint: setup
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/mypy
 
-test: lint
+browser:
+	./scripts/setup-browser.sh
+
+test: lint browser
 	.venv/bin/python -m pytest
 
 bench: setup

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     probe_crop_days: int = Field(
         default=30, ge=0, description="Longest a searched face's crop is kept while its "
                                       "candidates await review (0: never kept).")
+    web_idle_minutes: int = Field(default=30, ge=1, le=24 * 60,
+                                  description="Web page: idle time before a login expires.")
     keep_images: bool = Field(default=False, description="Keep original images (off).")
     workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
     # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.

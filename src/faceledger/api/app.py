@@ -162,6 +162,9 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
     app.state.warmup = warmup
     app.state.failed_auth = FailedAuth(settings.auth_failures_per_minute)
     app.include_router(router)
+    from faceledger.web.pages import install as install_pages
+
+    install_pages(app)
 
     @app.middleware("http")
     async def request_id(

@@ -69,6 +69,7 @@ class SearchResult:
     audit_event_id: int
     times: StageTimes = field(default_factory=StageTimes)
     search_id: int | None = None
+    image_size: tuple[int, int] = (0, 0)  # the probe's (width, height), upright
 
     def as_dict(self) -> dict[str, object]:
         return {"search_id": self.search_id,
@@ -76,7 +77,7 @@ class SearchResult:
                 "case": self.case, "target_fpir": self.target_fpir,
                 "gallery_size": self.gallery_size,
                 "gallery_subjects": self.gallery_subjects, "probe_sha256": self.probe_sha256,
-                "audit_event": self.audit_event_id,
+                "audit_event": self.audit_event_id, "image_size": list(self.image_size),
                 "notice": "candidates are leads for human review, not identifications"}
 
 
@@ -286,7 +287,8 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         })
         event_id = event.id
         result = SearchResult(image.sha256, purpose, case, target, searched.templates,
-                              searched.subjects, results, event_id, times)
+                              searched.subjects, results, event_id, times,
+                              image_size=image.original_size)
         record = SearchRecord(at=now, actor=svc.actor, purpose=purpose, case_ref=case,
                               probe_sha256=image.sha256, audit_event_id=event_id,
                               result=result.as_dict())

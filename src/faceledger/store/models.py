@@ -262,3 +262,16 @@ class ProbeCrop(Base):
     face: Mapped[int] = mapped_column(Integer, primary_key=True)
     jpeg: Mapped[bytes] = mapped_column(LargeBinary)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class WebSession(Base):
+    """A logged-in browser: the cookie holds a random token, the store its SHA-256, the
+    CSRF token every form must echo, and when it was last used (idle timeout)."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(200), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -207,7 +207,7 @@ def test_steward_declares_a_source_enrols_and_erases(browser: object, site: Site
     stella.get_by_label("Images of this subject").set_input_files([  # type: ignore[attr-defined]
         str(site.lfw / name / f"{name}_0001.jpg"), str(site.lfw / name / f"{name}_0002.jpg"),
         str(site.lfw.parent / "malformed" / "truncated.jpg")])
-    stella.get_by_role("button", name="Enrol").click()  # type: ignore[attr-defined]
+    stella.get_by_role("button", name="Enrol", exact=True).click()  # type: ignore[attr-defined]
     stella.wait_for_load_state()  # type: ignore[attr-defined]
     assert stella.get_by_test_id("counts").inner_text().startswith("2 enrolled")  # type: ignore[attr-defined]
     assert stella.get_by_test_id("item").count() == 3  # type: ignore[attr-defined]
@@ -308,3 +308,25 @@ def test_wrong_password_idle_timeout_and_logout(site: Site) -> None:
         r = s2.post("/logout", data={"csrf": _csrf(s2, "/search")})
         assert r.status_code == 303
         assert s2.get("/search").status_code == 303
+
+
+def test_a_folder_upload_and_the_audit_filters(site: Site) -> None:
+    names = lfw_people(site.lfw, 2, skip=30)
+    files = [("images", (f"batch/{n}/{n}_0001.jpg", (site.lfw / n / f"{n}_0001.jpg")
+                         .read_bytes(), "image/jpeg")) for n in names]
+    files.append(("images", ("batch/loose.jpg", b"x", "image/jpeg")))
+    with closing(_session(site, "stella")) as c:
+        r = c.post("/sources/custody/upload-folder",
+                   data={"csrf": _csrf(c, "/sources/custody/upload")}, files=files)
+        assert r.status_code == 200, r.text
+        assert re.search(r"2 enrolled, 0 duplicate, 0 refused, 1 invalid", r.text), r.text
+        for n in names:
+            assert f"{n}/{n}_0001.jpg" in r.text
+    with closing(_session(site, "aude")) as c:
+        page = c.get("/audit", params={"since": "2000-01-01", "until": "2999-12-31",
+                                       "action": "template.enrolled"})
+        assert page.status_code == 200 and page.text.count('data-testid="event"') >= 2
+        none = c.get("/audit", params={"until": "2000-01-01"})
+        assert 'data-testid="event"' not in none.text
+        assert c.get("/audit", params={"since": "yesterday"}).status_code == 400
+        assert "Erasure receipts" in page.text

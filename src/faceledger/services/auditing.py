@@ -55,3 +55,15 @@ def list_events(svc: Services, *, actor: str | None = None, action: str | None =
             "details": ev.details, "hash": ev.hash, "prev_hash": ev.prev_hash}
            for ev in rows[:limit]]
     return EventPage(out, rows[limit - 1].id if len(rows) > limit else None)
+
+
+def list_receipts(svc: Services, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest erasure receipts (no biometric data, no names: a keyed hash)."""
+    from faceledger.store.models import ErasureReceipt
+
+    with svc.sessions() as session:
+        rows = list(session.scalars(select(ErasureReceipt)
+                                    .order_by(ErasureReceipt.id.desc()).limit(limit)))
+    return [{"id": r.id, "at": r.at.isoformat(), "actor": r.actor, "scope": r.scope,
+             "target_hash": r.target_hash, "reason": r.reason, "removed": r.removed}
+            for r in rows]

@@ -383,6 +383,46 @@ def upload_submit(request: Request, name: str, subject_ref: Annotated[str, Form(
                   report={"counts": report.counts(), "rows": items})
 
 
+@router.post("/sources/{name}/upload-folder")
+def upload_folder(request: Request, name: str, images: Annotated[list[UploadFile], File()],
+                  csrf: Annotated[str, Form()] = "") -> HTMLResponse:
+    """A folder of <subject-ref>/<images>, as a browser sends a chosen folder (each file
+    named by its path from the chosen folder, that folder's own name first): the subject
+    is the file's folder, as for the CLI; a file loose in the chosen folder is invalid."""
+    from faceledger.error_table import mapping_for
+    from faceledger.services.enrol import Upload, enrol_uploads
+
+    svc, me = _post(request, "steward", csrf)
+    limit = svc.settings.max_image_bytes
+    rows: list[dict[str, Any]] = []
+    uploads = []
+    for up in images:
+        parts = [p for p in (up.filename or "").replace("\\", "/").split("/") if p]
+        data = up.file.read(limit + 1)
+        label = "/".join(parts[-2:]) or "upload"
+        if len(parts) < 3:  # the browser sends <chosen folder>/<subject-ref>/<file>
+            rows.append({"label": label, "status": "invalid",
+                         "reason": "not inside a <subject-ref>/ folder: its subject is unknown"})
+        elif any(p.startswith(".") for p in parts):
+            rows.append({"label": label, "status": "invalid", "reason": "hidden file skipped"})
+        elif len(data) > limit:
+            rows.append({"label": label, "status": "refused",
+                         "reason": f"over the limit of {limit} bytes"})
+        else:
+            uploads.append(Upload(label, parts[-2], data))
+    try:
+        report = enrol_uploads(svc, name, uploads)
+    except errors.FaceledgerError as exc:
+        return render(request, "upload.html", status=mapping_for(exc).http_status,
+                      me_session=me, source=name, error=f"{exc.message} [{exc.code}]")
+    rows += [{"label": i.label, "status": i.status, "reason": i.reason} for i in report.items]
+    counts = {"enrolled": 0, "duplicate": 0, "refused": 0, "invalid": 0}
+    for r in rows:
+        counts[str(r["status"])] += 1
+    return render(request, "upload.html", me_session=me, source=name,
+                  report={"counts": counts, "rows": rows})
+
+
 @router.post("/subjects/erase")
 def erase_submit(request: Request, subject_id: Annotated[int, Form()],
                  reason: Annotated[str, Form()], csrf: Annotated[str, Form()] = ""
@@ -401,8 +441,24 @@ def erase_submit(request: Request, subject_id: Annotated[int, Form()],
 
 # --- audit ---------------------------------------------------------------------------------------
 def _audit_filters(request: Request) -> dict[str, str]:
-    return {k: v for k in ("actor", "action", "case")
+    return {k: v for k in ("actor", "action", "case", "since", "until")
             if (v := request.query_params.get(k, "").strip())}
+
+
+def _event_query(filters: dict[str, str]) -> dict[str, Any]:
+    """The filters as list_events takes them: dates (YYYY-MM-DD, UTC) become datetimes,
+    ``until`` inclusive of its day."""
+    from datetime import UTC, datetime, timedelta
+
+    out: dict[str, Any] = {k: v for k, v in filters.items() if k in ("actor", "action", "case")}
+    for key in ("since", "until"):
+        if key in filters:
+            try:
+                day = datetime.strptime(filters[key], "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                raise errors.InvalidRequest(f"{key}: a date is YYYY-MM-DD") from None
+            out[key] = day + timedelta(days=1) if key == "until" else day
+    return out
 
 
 @router.get("/audit")
@@ -417,12 +473,20 @@ def audit_page(request: Request) -> HTMLResponse:
         chain: dict[str, Any] = {"ok": True, "events": report.events}
     except errors.AuditChainBroken as exc:
         chain = {"ok": False, "broken": exc.event_id, "problem": exc.message}
-    page = list_events(svc, after_id=after, limit=200, **filters)  # type: ignore[arg-type]
+    from faceledger.services.auditing import list_receipts
+
+    try:
+        page = list_events(svc, after_id=after, limit=200, **_event_query(filters))
+    except errors.InvalidRequest as exc:
+        return render(request, "audit.html", status=400, me_session=me, chain=chain,
+                      events=[], next_after=None, f=filters, query="", receipts=[],
+                      error=exc.message)
     for e in page.events:
         e["summary"] = json.dumps(e["details"], ensure_ascii=False, sort_keys=True)[:300]
     query = ("?" + urlencode(filters)) if filters else ""
     return render(request, "audit.html", me_session=me, chain=chain, events=page.events,
-                  next_after=page.next_after, f=filters, query=query)
+                  next_after=page.next_after, f=filters, query=query,
+                  receipts=list_receipts(svc))
 
 
 @router.get("/audit/export")
@@ -434,7 +498,7 @@ def audit_export(request: Request) -> Response:
     lines: list[str] = []
     after = 0
     while True:
-        page = list_events(svc, after_id=after, limit=1000, **filters)  # type: ignore[arg-type]
+        page = list_events(svc, after_id=after, limit=1000, **_event_query(filters))
         lines.extend(json.dumps(e, ensure_ascii=False, sort_keys=True) for e in page.events)
         if page.next_after is None:
             break

@@ -3,10 +3,13 @@ at named crash points (see faceledger.faults) for the fault-injection tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +96,46 @@ def new_store(home: Path) -> None:
     for args in (["init"], SOURCE):
         proc = run(home, *args)
         assert proc.returncode == 0, proc.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(home: Path, log_path: Path, **env: str) -> Iterator[str]:
+    """A real `faceledger serve` on the store at ``home``, on a free loopback port, ready
+    (``/readyz`` answers 200); yields its URL, stops it after. Its log goes to
+    ``log_path``, which must hold no traceback when it stops."""
+    import httpx
+
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(FACELEDGER), "serve", "--port", str(port)],
+                                env=cli_env(home, **env), stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not become ready: "
+                                       f"{log_path.read_text()[-2000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert "Traceback" not in log_path.read_text()  # no unexpected error on any route

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import lfw_people
-from tests.procs import FACELEDGER as FL
-from tests.procs import cli_env, new_store, ok_json, run
+from tests.procs import new_store, ok_json, run, serving
 
 ROLES = ("admin", "steward", "investigator", "reviewer", "auditor")
 IMAGE_CAP = 2 * 1024 * 1024
@@ -43,12 +40,6 @@ class Server:
         return (self.lfw / name / f"{name}_{n:04d}.jpg").read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("api") / "home"
@@ -59,36 +50,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Serv
         "api_key"]
     keys["both"] = ok_json(home, "user", "add", "inv-rev", "--role", "investigator",
                            "--role", "reviewer")["api_key"]
-    port = _free_port()
-    env = cli_env(home, FACELEDGER_MAX_IMAGE_BYTES=str(IMAGE_CAP),
-                  FACELEDGER_MAX_UPLOAD_BYTES=str(BODY_CAP),
-                  FACELEDGER_AUTH_FAILURES_PER_MINUTE=str(AUTH_LIMIT))
-    log_path = home.parent / "serve.log"
-    log_file = log_path.open("w")
-    proc = subprocess.Popen([str(FL), "serve", "--port", str(port)], env=env,
-                            stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log_file.close()
-            raise RuntimeError(f"server did not become ready: {log_path.read_text()[-2000:]}")
-        time.sleep(0.3)
-    yield Server(url, home, keys, lfw_people(lfw, 6), lfw)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log_file.close()
-    assert "Traceback" not in log_path.read_text()  # no unexpected error on any route
+    with serving(home, home.parent / "serve.log", FACELEDGER_MAX_IMAGE_BYTES=str(IMAGE_CAP),
+                 FACELEDGER_MAX_UPLOAD_BYTES=str(BODY_CAP),
+                 FACELEDGER_AUTH_FAILURES_PER_MINUTE=str(AUTH_LIMIT)) as url:
+        yield Server(url, home, keys, lfw_people(lfw, 6), lfw)
 
 
 def _problem(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

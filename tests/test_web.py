@@ -5,10 +5,8 @@ screenshots of the main screens land in docs/screenshots/ (shown in the README).
 from __future__ import annotations
 
 import re
-import socket
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from playwright import sync_api as playwright_sync
 
 from tests.conftest import gallery_folder, lfw_people
 from tests.procs import FACELEDGER as FL
-from tests.procs import cli_env, new_store, ok_json
+from tests.procs import cli_env, new_store, ok_json, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -37,12 +35,6 @@ class Site:
     lfw: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("web")
@@ -56,27 +48,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> Iterator[Site]:
         assert proc.returncode == 0, proc.stderr
     names = lfw_people(lfw, 10)
     ok_json(home, "enroll", "custody", str(gallery_folder(lfw, names, root / "g")))
-    port = _free_port()
-    log = (root / "serve.log").open("w")
-    proc = subprocess.Popen([str(FL), "serve", "--port", str(port)], env=cli_env(home),
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((root / "serve.log").read_text()[-2000:])
-        time.sleep(0.3)
-    yield Site(url, home, names, lfw)
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
-    assert "Traceback" not in (root / "serve.log").read_text()
+    with serving(home, root / "serve.log") as url:
+        yield Site(url, home, names, lfw)
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,7 @@ def _enrol_remote(c: Ctx, remote: Client, source_name: str, path: Path, confine:
                   progress: Callable[[ItemResult], None]) -> dict[str, object]:
     """Enrolment through the server: the batch is read here (the same rules for folders,
     manifests and references), sent in small batches, reported as the server decided."""
-    from faceledger.services.enrol import ItemResult
+    from faceledger.services.enrol import ItemResult, count_statuses
     from faceledger.services.ingest_input import collect
     from faceledger.vision.imaging import read_image_file
 
@@ -201,9 +201,7 @@ def _enrol_remote(c: Ctx, remote: Client, source_name: str, path: Path, confine:
         if len(pending) >= REMOTE_BATCH:
             flush()
     flush()
-    counts = {"enrolled": 0, "duplicate": 0, "refused": 0, "invalid": 0}
-    for d in items:
-        counts[str(d["status"])] += 1
+    counts = count_statuses(str(d["status"]) for d in items)
     return {"source": source_name, "counts": counts, "items": items}
 
 

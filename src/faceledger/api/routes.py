@@ -25,7 +25,8 @@ from faceledger.services.users import Principal, Role, authenticate, require_rol
 router = APIRouter()
 
 
-def _base(request: Request) -> Services:
+def base_services(request: Request) -> Services:
+    """The process's Services (no caller yet): what the app was built on."""
     svc = request.app.state.services
     assert isinstance(svc, Services)
     return svc
@@ -67,7 +68,7 @@ def _caller(request: Request) -> tuple[Services, Principal]:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise errors.Unauthenticated("send an API key: Authorization: Bearer <key>")
-    base = _base(request)
+    base = base_services(request)
     limiter: FailedAuth = request.app.state.failed_auth
     client = request.client.host if request.client else "unknown"
     try:
@@ -114,7 +115,8 @@ def needs(*roles: Role) -> Any:
     return Depends(dependency)
 
 
-def _read_upload(upload: UploadFile, limit: int, field: str) -> bytes:
+def read_upload(upload: UploadFile, limit: int, field: str) -> bytes:
+    """An uploaded file's bytes, read at most once past ``limit`` (then image_too_large)."""
     data = upload.file.read(limit + 1)
     if len(data) > limit:
         raise errors.ImageTooLarge(f"{field}: the file is over the limit of {limit} bytes")
@@ -129,7 +131,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"], summary="Store reachable, models loaded, index open")
 def readyz(request: Request) -> JSONResponse:
-    svc = _base(request)
+    svc = base_services(request)
     warm = request.app.state.warmup
     checks: dict[str, Any] = {}
     try:
@@ -257,7 +259,7 @@ def enrol_images(
         Upload(
             up.filename or f"image {n + 1}",
             ref,
-            _read_upload(up, svc.settings.max_image_bytes, f"image {n + 1}"),
+            read_upload(up, svc.settings.max_image_bytes, f"image {n + 1}"),
             names[n] if n < len(names) and names[n] else None,
         )
         for n, (up, ref) in enumerate(zip(image, subject_ref, strict=True))
@@ -325,7 +327,7 @@ def create_search(
 ) -> dict[str, object]:
     from faceledger.services.search import search
 
-    data = _read_upload(image, svc.settings.max_image_bytes, "image")
+    data = read_upload(image, svc.settings.max_image_bytes, "image")
     return search(svc, data, purpose=purpose, case=case, top_k=top_k, face_index=face).as_dict()
 
 
@@ -431,7 +433,7 @@ def create_verification(
     from faceledger.services.search import verify, verify_subject
 
     limit = svc.settings.max_image_bytes
-    a = _read_upload(image_a, limit, "image_a")
+    a = read_upload(image_a, limit, "image_a")
     if (image_b is None) == (subject_id is None):
         raise errors.InvalidRequest("give image_b or subject_id (one of them)")
     if subject_id is not None:
@@ -440,7 +442,7 @@ def create_verification(
         return result
     assert image_b is not None
     return verify(
-        svc, a, _read_upload(image_b, limit, "image_b"), purpose=purpose, case=case
+        svc, a, read_upload(image_b, limit, "image_b"), purpose=purpose, case=case
     ).as_dict()
 
 

@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -86,10 +86,15 @@ class EnrolReport:
     items: list[ItemResult]
 
     def counts(self) -> dict[str, int]:
-        out = {"enrolled": 0, "duplicate": 0, "refused": 0, "invalid": 0}
-        for it in self.items:
-            out[it.status] += 1
-        return out
+        return count_statuses(it.status for it in self.items)
+
+
+def count_statuses(statuses: Iterable[str]) -> dict[str, int]:
+    """How many items of a report are enrolled, duplicate, refused, invalid."""
+    out = {"enrolled": 0, "duplicate": 0, "refused": 0, "invalid": 0}
+    for status in statuses:
+        out[status] += 1
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,11 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from faceledger import errors
 from faceledger.governance import audit
@@ -66,6 +68,20 @@ def _check_roles(roles: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+def _user(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise errors.UserNotFound(f"no user named {name!r}")
+    return user
+
+
+def _issue_key(session: Session, user: User, now: datetime) -> tuple[str, str]:
+    """A new key for ``user``, stored as its hash: (the key, shown once; its prefix)."""
+    key, prefix = _new_key()
+    session.add(ApiKey(user_id=user.id, key_hash=_hash(key), prefix=prefix, created_at=now))
+    return key, prefix
+
+
 def _new_key() -> tuple[str, str]:
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
@@ -90,9 +106,7 @@ def add_user(svc: Services, name: str, roles: list[str] | tuple[str, ...]) -> Ne
                     created_by=svc.actor)
         session.add(user)
         session.flush()
-        key, prefix = _new_key()
-        session.add(ApiKey(user_id=user.id, key_hash=_hash(key), prefix=prefix,
-                           created_at=now))
+        key, prefix = _issue_key(session, user, now)
         audit.append(session, at=now, actor=svc.actor, action="user.created",
                      details={"user": name, "roles": checked, "key_prefix": prefix})
     return NewKey(name, checked, key, prefix)
@@ -103,12 +117,8 @@ def new_key(svc: Services, name: str) -> NewKey:
     svc.require_writable()
     now = svc.clock.now()
     with svc.writes.begin() as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise errors.UserNotFound(f"no user named {name!r}")
-        key, prefix = _new_key()
-        session.add(ApiKey(user_id=user.id, key_hash=_hash(key), prefix=prefix,
-                           created_at=now))
+        user = _user(session, name)
+        key, prefix = _issue_key(session, user, now)
         audit.append(session, at=now, actor=svc.actor, action="key.created",
                      details={"user": name, "key_prefix": prefix})
         roles = list(user.roles)
@@ -120,9 +130,7 @@ def revoke_keys(svc: Services, name: str, prefix: str | None = None) -> int:
     svc.require_writable()
     now = svc.clock.now()
     with svc.writes.begin() as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise errors.UserNotFound(f"no user named {name!r}")
+        user = _user(session, name)
         query = select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
         if prefix:
             query = query.where(ApiKey.prefix == prefix)
@@ -202,9 +210,7 @@ def set_password(svc: Services, name: str, password: str) -> None:
     hashed = PasswordHasher().hash(password)
     now = svc.clock.now()
     with svc.writes.begin() as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise errors.UserNotFound(f"no user named {name!r}")
+        user = _user(session, name)
         user.password_hash = hashed
         audit.append(session, at=now, actor=svc.actor, action="user.password_set",
                      details={"user": name})

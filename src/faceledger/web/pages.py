@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from faceledger import errors
+from faceledger.api.routes import base_services, read_upload
 from faceledger.services.container import Services
 from faceledger.services.websessions import LoggedIn, current, login, logout
 
@@ -55,18 +56,12 @@ def make_templates() -> Environment:
                        autoescape=select_autoescape(["html"]), auto_reload=False)
 
 
-def _base(request: Request) -> Services:
-    svc = request.app.state.services
-    assert isinstance(svc, Services)
-    return svc
-
-
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
 def _who(request: Request) -> tuple[Services, LoggedIn]:
-    base = _base(request)
+    base = base_services(request)
     me = current(base, request.cookies.get(COOKIE))
     if me is None:
         raise NeedLogin
@@ -135,7 +130,7 @@ def login_submit(request: Request, username: Annotated[str, Form()],
         return _login_again(request, "The form's security token is missing or wrong: try "
                                      "again.", 403)
     try:
-        token, _ = login(_base(request), username, password, _client(request))
+        token, _ = login(base_services(request), username, password, _client(request))
     except errors.Unauthenticated as exc:
         return _login_again(request, exc.message, 401)
     response = RedirectResponse("/", status_code=303)
@@ -158,7 +153,7 @@ def logout_submit(request: Request, csrf: Annotated[str, Form()] = "") -> Respon
     _post(request, None, csrf)
     token = request.cookies.get(COOKIE)
     if token:
-        logout(_base(request), token)
+        logout(base_services(request), token)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -208,13 +203,10 @@ def search_submit(request: Request, image: Annotated[UploadFile, File()],
     from faceledger.services.search import search
 
     svc, me = _post(request, "investigator", csrf)
-    limit = svc.settings.max_image_bytes
-    data = image.file.read(limit + 1)
     context: dict[str, Any] = {"me_session": me, "purposes": _purposes(svc),
                                "purpose": purpose, "case": case}
     try:
-        if len(data) > limit:
-            raise errors.ImageTooLarge(f"the photo is over the limit of {limit} bytes")
+        data = read_upload(image, svc.settings.max_image_bytes, "the photo")
         result: dict[str, Any] = search(svc, data, purpose=purpose, case=case).as_dict()
         width, height = (int(v) for v in result["image_size"])
     except errors.FaceledgerError as exc:
@@ -368,12 +360,9 @@ def upload_submit(request: Request, name: str, subject_ref: Annotated[str, Form(
     svc, me = _post(request, "steward", csrf)
     limit = svc.settings.max_image_bytes
     try:
-        uploads = []
-        for n, up in enumerate(images):
-            data = up.file.read(limit + 1)
-            if len(data) > limit:
-                raise errors.ImageTooLarge(f"{up.filename}: over the limit of {limit} bytes")
-            uploads.append(Upload(up.filename or f"image {n + 1}", subject_ref, data))
+        uploads = [Upload(up.filename or f"image {n + 1}", subject_ref,
+                          read_upload(up, limit, up.filename or f"image {n + 1}"))
+                   for n, up in enumerate(images)]
         report = enrol_uploads(svc, name, uploads)
     except errors.FaceledgerError as exc:
         return render(request, "upload.html", status=mapping_for(exc).http_status,
@@ -390,7 +379,7 @@ def upload_folder(request: Request, name: str, images: Annotated[list[UploadFile
     named by its path from the chosen folder, that folder's own name first): the subject
     is the file's folder, as for the CLI; a file loose in the chosen folder is invalid."""
     from faceledger.error_table import mapping_for
-    from faceledger.services.enrol import Upload, enrol_uploads
+    from faceledger.services.enrol import Upload, count_statuses, enrol_uploads
 
     svc, me = _post(request, "steward", csrf)
     limit = svc.settings.max_image_bytes
@@ -398,29 +387,26 @@ def upload_folder(request: Request, name: str, images: Annotated[list[UploadFile
     uploads = []
     for up in images:
         parts = [p for p in (up.filename or "").replace("\\", "/").split("/") if p]
-        data = up.file.read(limit + 1)
         label = "/".join(parts[-2:]) or "upload"
         if len(parts) < 3:  # the browser sends <chosen folder>/<subject-ref>/<file>
             rows.append({"label": label, "status": "invalid",
                          "reason": "not inside a <subject-ref>/ folder: its subject is unknown"})
         elif any(p.startswith(".") for p in parts):
             rows.append({"label": label, "status": "invalid", "reason": "hidden file skipped"})
-        elif len(data) > limit:
-            rows.append({"label": label, "status": "refused",
-                         "reason": f"over the limit of {limit} bytes"})
         else:
-            uploads.append(Upload(label, parts[-2], data))
+            try:
+                uploads.append(Upload(label, parts[-2], read_upload(up, limit, label)))
+            except errors.ImageTooLarge as exc:
+                rows.append({"label": label, "status": "refused", "reason": exc.message})
     try:
         report = enrol_uploads(svc, name, uploads)
     except errors.FaceledgerError as exc:
         return render(request, "upload.html", status=mapping_for(exc).http_status,
                       me_session=me, source=name, error=f"{exc.message} [{exc.code}]")
     rows += [{"label": i.label, "status": i.status, "reason": i.reason} for i in report.items]
-    counts = {"enrolled": 0, "duplicate": 0, "refused": 0, "invalid": 0}
-    for r in rows:
-        counts[str(r["status"])] += 1
     return render(request, "upload.html", me_session=me, source=name,
-                  report={"counts": counts, "rows": rows})
+                  report={"counts": count_statuses(str(r["status"]) for r in rows),
+                          "rows": rows})
 
 
 @router.post("/subjects/erase")
@@ -520,7 +506,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PageForbidden)
     async def forbidden(request: Request, exc: PageForbidden) -> Response:
-        base = _base(request)
+        base = base_services(request)
         me = current(base, request.cookies.get(COOKIE))
         return render(request, "home.html" if me else "login.html", status=403,
                       me_session=me, error=exc.message, login_csrf="")

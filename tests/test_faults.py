@@ -36,6 +36,8 @@ def base(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> tuple[Path, lis
 def _copy(base: tuple[Path, list[str], Path], tmp_path: Path) -> Path:
     home = tmp_path / "home"
     shutil.copytree(base[0], home)
+    # The data key lives beside the store, apart from it (encryption at rest).
+    shutil.copytree(base[0].with_name(base[0].name + ".keys"), tmp_path / "home.keys")
     return home
 
 

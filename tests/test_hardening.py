@@ -449,7 +449,8 @@ def test_receipts_hold_a_keyed_hash_of_the_reference(tmp_path: Path, lfw: Path) 
     (stored,) = db.execute("SELECT target_hash FROM erasure_receipts").fetchone()
     db.close()
     assert stored != hashlib.sha256(name.encode()).hexdigest()
-    key = (home / "receipt.key").read_bytes()
+    key = (home.parent / "home.keys" / "receipt.key").read_bytes()
+    assert not (home / "receipt.key").exists()  # apart from the store
     assert stored == hmac.new(key, f"subject:{name}".encode(), hashlib.sha256).hexdigest()
 
 
@@ -508,7 +509,12 @@ def test_kept_images_are_per_source(tmp_path: Path, lfw: Path) -> None:
     ok_json(home, "erase", "--subject", name, "--source", "custody", "--reason", "SR")
     left = list((home / "images").iterdir())
     assert len(left) == 1
-    assert left[0].read_bytes() == _img(lfw, name).read_bytes()
+    from faceledger.store.sealing import Keyring
+
+    cipher = Keyring(home.parent / "home.keys", home).cipher(create=False)
+    sealed = left[0].read_bytes()
+    assert sealed != _img(lfw, name).read_bytes()  # encrypted at rest
+    assert cipher.open(sealed, "image") == _img(lfw, name).read_bytes()
 
 
 def test_an_image_being_enrolled_elsewhere_is_not_an_orphan(tmp_path: Path, lfw: Path) -> None:

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from faceledger import __version__, errors
+from faceledger.cli_audit import register as register_audit_commands
 from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
 from faceledger.cli_eval import eval_group
+from faceledger.cli_lifecycle import keys_group, retention_group, sar_group
+from faceledger.cli_report import report_group
 from faceledger.refs import safe_text
 
 if TYPE_CHECKING:
@@ -88,16 +91,29 @@ def source_add(c: Ctx, name: str, lawful_basis: str, basis_ref: str, jurisdictio
 @source.command("close")
 @click.argument("name")
 @click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@click.option("--erase", "erase_all", is_flag=True,
+              help="Also erase everything it holds now (receipt; the one erasure path).")
 @json_option
 @pass_ctx
 @handles_errors
-def source_close(c: Ctx, name: str, reason: str, as_json: bool) -> None:
-    """Close source NAME: no more enrolment; what it holds stays until retention or erasure."""
+def source_close(c: Ctx, name: str, reason: str, erase_all: bool, as_json: bool) -> None:
+    """Close source NAME: no more enrolment; what it holds stays until retention or erasure
+    (or goes now, with --erase)."""
     from faceledger.services.sources import close_source
 
-    src = close_source(c.services(), name, reason)
-    emit({"source": src.name, "closed_at": src.closed_at.isoformat() if src.closed_at
-          else None}, as_json, f"source {src.name} closed")
+    svc = c.services()
+    src = close_source(svc, name, reason)
+    data: dict[str, Any] = {"source": src.name, "closed_at": src.closed_at.isoformat()
+                            if src.closed_at else None, "erasure": None}
+    text = f"source {src.name} closed"
+    if erase_all:
+        from faceledger.services.erasure import erase as erase_scope
+
+        r = erase_scope(svc, "source", name, reason=f"source closed: {reason}")
+        data["erasure"] = r.as_dict()
+        text += f"; erased {r.subjects} subject(s), {r.templates} template(s): receipt " \
+                f"{r.receipt_id}"
+    emit(data, as_json, text)
 
 
 @source.command("list")
@@ -371,13 +387,25 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also check the log against this signed checkpoint (`audit checkpoint`): "
+                   "exit 10 if any event it covers was cut off or changed.")
+@click.option("--public-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The public key to check the checkpoint with (`audit public-key`; "
+                   "default: the store's own signing key).")
 @json_option
 @pass_ctx
 @handles_errors
-def audit_verify(c: Ctx, as_json: bool) -> None:
+def audit_verify(c: Ctx, checkpoint: Path | None, public_key: Path | None,
+                 as_json: bool) -> None:
     """Check the whole chain; name the first broken link (exit code 10 if broken)."""
     from faceledger.services.auditing import verify_audit
 
+    if checkpoint is not None:
+        from faceledger.cli_audit import verify_with_checkpoint
+
+        verify_with_checkpoint(c, checkpoint, public_key, as_json)
+        return
     remote = c.remote()
     if remote is not None:
         d = remote.audit_verify()
@@ -385,8 +413,40 @@ def audit_verify(c: Ctx, as_json: bool) -> None:
              f"audit chain intact: {d['events']} events")
         return
     report = verify_audit(c.services())
-    emit({"ok": True, "events": report.events}, as_json,
-          f"audit chain intact: {report.events} events")
+    pruned = (f" (events 1..{report.pruned_through} pruned; verified from their anchor)"
+              if report.pruned_through else "")
+    emit({"ok": True, "events": report.events, "pruned_through": report.pruned_through},
+         as_json, f"audit chain intact: {report.events} events{pruned}")
+
+
+@audit.command("events")
+@click.option("--action", default=None, help="Only this action (e.g. erasure, search).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+@pass_ctx
+@handles_errors
+def audit_events(c: Ctx, action: str | None, limit: int, as_json: bool) -> None:
+    """The latest events, newest first (ids and hashes only, never biometric data)."""
+    from faceledger.services.auditing import latest_events
+
+    rows = latest_events(c.services(), action=action, limit=limit)
+    emit(rows, as_json, "\n".join(f"{r['id']}\t{r['at']}\t{safe_text(r['actor'])}\t"
+                                  f"{r['action']}" for r in rows) or "no events")
+
+
+@audit.command("receipts")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@pass_ctx
+@handles_errors
+def audit_receipts(c: Ctx, limit: int, as_json: bool) -> None:
+    """Erasure receipts, newest first (a keyed hash of the target, never a name)."""
+    from faceledger.services.auditing import list_receipts
+
+    rows = list_receipts(c.services(), limit=limit)
+    emit(rows, as_json, "\n".join(
+        f"{r['id']}\t{r['at']}\t{r['scope']}\t{r['state']}\t{r['removed']}\t"
+        f"{safe_text(r['reason'])}" for r in rows) or "no erasure receipts")
 
 
 @cli.group()
@@ -537,6 +597,11 @@ def user_list(c: Ctx, as_json: bool) -> None:
 
 
 cli.add_command(eval_group)
+register_audit_commands(audit)
+cli.add_command(retention_group)
+cli.add_command(sar_group)
+cli.add_command(keys_group)
+cli.add_command(report_group)
 
 
 def main() -> None:

@@ -57,7 +57,13 @@ class Ctx:
     def services(self, create: bool = False) -> Services:
         from faceledger.services.container import build_services
 
-        return build_services(self.settings, create=create)
+        svc = build_services(self.settings, create=create)
+        if not create and not svc.read_only:
+            # An erasure a crash interrupted is finished by the next command on the store.
+            from faceledger.services.erasure import resume_erasures
+
+            resume_erasures(svc)
+        return svc
 
 
 _INVISIBLE = frozenset({"Cf", "Co", "Cs", "Cn", "Zl", "Zp"})

@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACELEDGER_", extra="forbid")
 
     home: Path = Field(default=Path("faceledger-data"), description="Embedded store folder.")
+    keys_dir: Path | None = Field(
+        default=None,
+        description="Folder of the store's keys (data encryption, audit signing): kept "
+                    "apart from the store so that a copy of the store folder or its backup "
+                    "reveals nothing. Default: `<home>.keys` beside `home`.")
+    data_key: SecretStr | None = Field(
+        default=None,
+        description="The data key (32 bytes, base64) sealing new data, instead of the "
+                    "keys folder's primary key; older keys are still read from the folder.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file in `home`."
     )
@@ -75,10 +84,35 @@ class Settings(BaseSettings):
                                       "candidates await review (0: never kept).")
     web_idle_minutes: int = Field(default=30, ge=1, le=24 * 60,
                                   description="Web page: idle time before a login expires.")
+    # Audit integrity (docs/audit-verification.md): signed Merkle tree heads ("checkpoints").
+    audit_signing_key: Path | None = Field(
+        default=None,
+        description="The Ed25519 key (PEM, PKCS#8) that signs audit checkpoints; default "
+                    "`<keys_dir>/audit-signing.pem`, created (0600) on first use.")
+    audit_checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Where `faceledger serve` and pruning write signed checkpoints; "
+                    "default `<keys_dir>/checkpoints`.")
+    audit_checkpoint_minutes: float = Field(
+        default=60, ge=0, description="faceledger serve: minutes between signed audit "
+                                      "checkpoints (0: none).")
+    audit_retention_days: int = Field(
+        default=183, ge=183, description="Audit events are kept at least this long, then "
+                                         "pruned after a checkpoint (EU AI Act Art. 19: "
+                                         "six months at least).")
     keep_images: bool = Field(default=False, description="Keep original images (off).")
     workers: int = Field(default=0, ge=0, description="Ingest processes; 0 = one per core.")
     # A JSON list ('["FR", "IT"]') or a comma-separated list ("FR,IT"): both are accepted.
     excluded_jurisdictions: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The longest retention a source of a jurisdiction may have, in days: JSON
+    # ('{"US-IL": 1095}') or "US-IL=1095,FR=365". A code without a region ("US") covers
+    # its regions too. New sources over it are refused; the retention sweep caps what is
+    # already held.
+    jurisdiction_retention_days: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict)
+    retention_sweep_minutes: int = Field(
+        default=60, ge=0, description="faceledger serve: minutes between retention sweeps "
+                                      "(0: none; run `faceledger retention sweep` instead).")
     user: str | None = Field(default=None, description="Acting user for the audit log.")
     url: str | None = Field(
         default=None, description="CLI: a running server's URL; search, verify, enroll, "
@@ -107,6 +141,38 @@ class Settings(BaseSettings):
             return [part for part in text.split(",") if part.strip()]
         return v
 
+    @field_validator("jurisdiction_retention_days", mode="before")
+    @classmethod
+    def _parse_ceilings(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("{"):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"is not a valid JSON object: {exc.msg}") from exc
+            out: dict[str, Any] = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                code, sep, days = part.partition("=")
+                if not sep:
+                    raise ValueError(f"{part!r}: write CODE=DAYS (e.g. US-IL=1095)")
+                out[code.strip()] = days.strip()
+            return out
+        return v
+
+    @field_validator("jurisdiction_retention_days")
+    @classmethod
+    def _check_ceilings(cls, v: dict[str, int]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for code, days in v.items():
+            key = code.strip().upper()
+            if not (2 <= len(key) <= 8 and key.replace("-", "").isalnum() and key.isascii()):
+                raise ValueError(f"{code!r} is not an ISO 3166 code (e.g. US-IL)")
+            if days < 1:
+                raise ValueError(f"{code}: the ceiling must be at least 1 day")
+            out[key] = days
+        return out
+
     @field_validator("excluded_jurisdictions")
     @classmethod
     def _upper(cls, v: list[str]) -> list[str]:
@@ -116,6 +182,13 @@ class Settings(BaseSettings):
                     and code.isascii()):
                 raise ValueError(f"{code!r} is not an ISO 3166 code (e.g. GB, FR)")
         return out
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        if self.keys_dir is not None:
+            return self.keys_dir
+        home = self.home.resolve()
+        return home.parent / f"{home.name}.keys"
 
     @property
     def resolved_database_url(self) -> str:

@@ -89,6 +89,12 @@ class ConfigError(FaceledgerError):
     code = "config_invalid"
 
 
+class DataKeyMissing(ConfigError):
+    """The store's data is encrypted under a key this process does not have."""
+
+    code = "data_key_missing"
+
+
 class ModelIntegrityError(FaceledgerError):
     """Model weights are missing or their SHA-256 does not match the pinned value."""
 
@@ -115,6 +121,12 @@ class StoreReadOnly(StoreError):
 
 class StoreUnavailable(StoreError):
     code = "store_unavailable"
+
+
+class StoreCorrupt(StoreError):
+    """Stored data failed its integrity check (a sealed blob altered or damaged)."""
+
+    code = "store_corrupt"
 
 
 class StoreBusy(StoreError):
@@ -181,6 +193,12 @@ class JurisdictionExcluded(PolicyError):
     code = "jurisdiction_excluded"
 
 
+class RetentionTooLong(PolicyError):
+    """A retention period over the operator's ceiling for the jurisdiction."""
+
+    code = "retention_too_long"
+
+
 class SourceRetired(PolicyError):
     code = "source_retired"
 
@@ -241,3 +259,13 @@ class AuditChainBroken(FaceledgerError):
     def __init__(self, message: str, event_id: int) -> None:
         super().__init__(message)
         self.event_id = event_id
+
+
+class AuditCheckpointMismatch(AuditChainBroken):
+    """The log does not match a signed checkpoint: events cut off or rewritten up to
+    it, or a checkpoint whose signature does not verify (exit 10, like a broken chain)."""
+
+    code = "audit_checkpoint_mismatch"
+
+    def __init__(self, message: str, event_id: int = 0) -> None:
+        super().__init__(message, event_id)

@@ -122,6 +122,9 @@ class Warmup:
         try:
             _ = self.svc.calibration
             if not self.svc.read_only:
+                from faceledger.services.erasure import resume_erasures
+
+                resume_erasures(self.svc)  # one a crash interrupted finishes first
                 _ = self.svc.gallery
             _ = self.svc.pipeline
             self.ready.set()
@@ -136,7 +139,9 @@ class Warmup:
 def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAPI:
     """The API on the store of ``settings`` (read from the environment when None: what
     ``faceledger serve`` and uvicorn's workers call)."""
+    from faceledger.api.jobs import start_jobs
     from faceledger.api.routes import FailedAuth, router
+    from faceledger.api.routes_audit import router as audit_router
 
     settings = settings or Settings()
     base = build_services(settings)
@@ -146,7 +151,10 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if warm:
             warmup.start()
+        jobs = start_jobs(base) if warm else None  # periodic jobs (api/jobs.py)
         yield
+        if jobs is not None:
+            jobs.stop()
         base.close()
 
     app = FastAPI(
@@ -162,6 +170,13 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
     app.state.warmup = warmup
     app.state.failed_auth = FailedAuth(settings.auth_failures_per_minute)
     app.include_router(router)
+    from faceledger.api.routes_lifecycle import router as lifecycle_router
+
+    app.include_router(lifecycle_router)
+    from faceledger.api.routes_report import router as report_router
+
+    app.include_router(report_router)
+    app.include_router(audit_router)
     from faceledger.web.pages import install as install_pages
 
     install_pages(app)

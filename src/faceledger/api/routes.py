@@ -187,14 +187,21 @@ def close(
     svc: Annotated[Services, needs("steward")],
     name: str,
     reason: Annotated[str, Form(min_length=1)],
+    erase: Annotated[bool, Form(description="Also erase what it holds now")] = False,
 ) -> dict[str, Any]:
     from faceledger.services.sources import close_source
 
     src = close_source(svc, name, reason)
+    erased = None
+    if erase:
+        from faceledger.services.erasure import erase as erase_scope
+
+        erased = erase_scope(svc, "source", name, reason=f"source closed: {reason}").as_dict()
     return {
         "source": src.name,
         "closed_at": src.closed_at.isoformat() if src.closed_at else None,
         "reason": src.closed_reason,
+        "erasure": erased,
     }
 
 

@@ -21,7 +21,8 @@ def init_store(settings: Settings) -> dict[str, Any]:
         count = svc.gallery.index.count()
     finally:
         svc.close()
-    return {"home": str(home.resolve()), "templates": count}
+    return {"home": str(home.resolve()), "templates": count,
+            "keys": str(settings.resolved_keys_dir)}
 
 
 def rebuild_index(svc: Services) -> int:

@@ -39,6 +39,7 @@ from faceledger.store.db import (
     upgrade,
 )
 from faceledger.store.models import Template
+from faceledger.store.sealing import DataCipher, Keyring
 from faceledger.vision.embedders import EmbedderSpec, embedder_spec
 from faceledger.vision.imaging import ImageLimits
 from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
@@ -123,6 +124,7 @@ class Runtime:
     _pipeline: FacePipeline | None = field(default=None, repr=False)
     _gallery: Gallery | None = field(default=None, repr=False)
     _calibration: Calibration | None = field(default=None, repr=False)
+    _cipher: DataCipher | None = field(default=None, repr=False)
     _init: threading.RLock = field(default_factory=threading.RLock, repr=False)
     pipeline_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     gallery_lock: RWLock = field(default_factory=RWLock, repr=False)
@@ -212,6 +214,22 @@ class Services:
                                                        self.embedder.calibration_file)
         return rt._calibration
 
+    def keyring(self) -> Keyring:
+        env = self.settings.data_key
+        return Keyring(self.settings.resolved_keys_dir, self.home,
+                       env.get_secret_value() if env is not None else None)
+
+    @property
+    def cipher(self) -> DataCipher:
+        """Seals and opens templates, crops, kept images and the index file (encryption
+        at rest, ``store.sealing``). A writable store without a key gets one."""
+        rt = self.runtime
+        if rt._cipher is None:
+            with rt._init:
+                if rt._cipher is None:
+                    rt._cipher = self.keyring().cipher(create=not self.read_only)
+        return rt._cipher
+
     def search_threshold(self, gallery_size: int) -> float:
         """The score a candidate needs, for the configured target FPIR at this size."""
         fixed = self.settings.search_threshold
@@ -236,7 +254,7 @@ class Services:
         self.require_writable()
         self.check_single_space()
         return Gallery(self.home, self.settings.index_backend, self.dim, self.space,
-                       self.sessions)
+                       self.sessions, self.cipher)
 
     @property
     def gallery(self) -> Gallery:
@@ -270,10 +288,11 @@ class Services:
             raise errors.EmbeddingSpaceMismatch(
                 f"the store holds templates of several spaces {sorted(s for s, _ in spaces)}")
         space = spaces[0][0]
-        dim = len(raw or b"") // 4
+        dim = len(self.cipher.open(raw or b"", "template")) // 4
         log.warning("store holds templates of %s, not the configured %s: opening its own "
                     "index for maintenance", space, self.space)
-        gallery = Gallery(self.home, self.settings.index_backend, dim, space, self.sessions)
+        gallery = Gallery(self.home, self.settings.index_backend, dim, space, self.sessions,
+                          self.cipher)
         gallery.open()
         return gallery
 
@@ -281,8 +300,15 @@ class Services:
         """The store's secret for keyed hashes in erasure receipts (created on first use,
         readable by the owner only). Without it a receipt's target hash cannot be tested
         against a dictionary of names; with it, an auditor can confirm which reference a
-        receipt is for."""
-        path = self.home / "receipt.key"
+        receipt is for. Kept in the keys folder, apart from the store (an older store's
+        copy inside the store folder is moved there on first use)."""
+        keys = self.settings.resolved_keys_dir
+        path = keys / "receipt.key"
+        legacy = self.home / "receipt.key"
+        if legacy.is_file() and not path.exists():
+            keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(legacy, path)
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -397,4 +423,10 @@ def build_services(
     runtime = Runtime(settings=settings, engine=engine, sessions=factories.read,
                       writes=factories.write, embedder=embedder_spec(settings.embedder),
                       read_only=read_only)
-    return Services(runtime, settings.user or getpass.getuser(), clock or SystemClock())
+    svc = Services(runtime, settings.user or getpass.getuser(), clock or SystemClock())
+    try:
+        _ = svc.cipher  # a store whose data key is missing is refused here, clearly
+    except BaseException:
+        engine.dispose()
+        raise
+    return svc

@@ -42,6 +42,7 @@ from faceledger.governance import audit
 from faceledger.refs import normalise_display_name, normalise_ref, safe_text
 from faceledger.services.container import Services
 from faceledger.services.ingest_input import IngestItem, collect
+from faceledger.services.retention import retention_days
 from faceledger.services.sources import get_source
 from faceledger.store.models import (
     ErasureReceipt,
@@ -481,6 +482,8 @@ class _Batch:
         now = svc.clock.now()
         digest = job.digest
         stored: str | None = None
+        vector = outcome.vector
+        assert vector is not None  # refusals never get here (finish)
         try:
             with svc.writes.begin() as session:
                 # Re-checked under the write lock: another process may have enrolled or
@@ -502,6 +505,10 @@ class _Batch:
                                       "this batch ran; it wins, so this file is not enrolled")
                 subject = session.scalar(select(Subject).where(
                     Subject.source_id == source.id, Subject.external_ref == item.subject_ref))
+                if subject is not None and subject.erasure_receipt_id is not None:
+                    return ItemResult(item.label, "refused", item.subject_ref,
+                                      "erased_during_batch",
+                                      "this subject is being erased; it is not enrolled")
                 if subject is None:
                     subject = Subject(source_id=source.id, external_ref=item.subject_ref,
                                       display_name=item.display_name, created_at=now)
@@ -511,16 +518,19 @@ class _Batch:
                     stored = _store_image(svc, source.id, digest, job.data)
                 template = Template(
                     subject_id=subject.id, source_id=source.id, space=svc.space,
-                    vector=outcome.vector, box=outcome.box or [], quality=outcome.quality or {},
+                    vector=svc.cipher.seal(vector, "template"), box=outcome.box or [],
+                    quality=outcome.quality or {},
                     image_sha256=digest, image_name=Path(job.path).name[:500],
                     stored_image=stored, enrolled_at=now,
-                    expires_at=now + timedelta(days=source.retention_days),
+                    expires_at=now + timedelta(days=retention_days(
+                        svc.settings, source, subject)),
                 )
                 session.add(template)
                 session.flush()
                 session.add(GalleryChange(template_id=template.id, op="add"))
                 if outcome.thumbnail:
-                    session.add(Thumbnail(template_id=template.id, jpeg=outcome.thumbnail))
+                    session.add(Thumbnail(template_id=template.id,
+                                          jpeg=svc.cipher.seal(outcome.thumbnail, "thumbnail")))
                 audit.append(session, at=now, actor=svc.actor, action="template.enrolled",
                              details={"source_id": source.id, "subject_id": subject.id,
                                       "template_id": template.id, "image_sha256": digest,
@@ -551,6 +561,6 @@ def _store_image(svc: Services, source_id: int, digest: str, data: bytes) -> str
     tmp = folder / f".{name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+        fh.write(svc.cipher.seal(data, "image"))
     os.replace(tmp, folder / name)
     return name

@@ -1,15 +1,28 @@
-"""Erasure: one function for the CLI, the API, the retention sweep and subject requests.
+"""Erasure: one function for every path (the CLI, the API, the web page, the retention
+sweep, subject requests, source closure, a jurisdiction purge).
 
-In one transaction (holding the write lock from its first read): templates and subjects
-are deleted, a ``remove`` row per template goes to the gallery change log, a tombstone per
-erased image hash is written (so re-running an old manifest cannot bring the face back),
-an erasure receipt with no biometric data (the target only as a keyed hash; the source or
-jurisdiction it covered, so that an enrolment batch in flight cannot undo it) and an audit
-event are added. After the commit, the index replays the log (the vectors are removed for
-real) and is saved, kept image files are deleted, and the WAL is checkpointed and
-truncated; with ``secure_delete`` on, no byte of an erased vector stays in the store's
-files. A crash after the commit is finished by the next open, which replays the log;
-search re-checks the records in any case, so an erased face cannot appear.
+An erasure is a durable job, so that a large one can neither hold the write lock for
+minutes nor be left half done by a crash:
+
+1. **Start** (one transaction): the erasure receipt is written in state ``running`` with
+   what it covers, and every subject it erases is marked with the receipt's id. From this
+   commit on, no search, verify, subject-access answer or enrolment sees or adds to a
+   marked subject (each checks the mark), and a retention erasure's templates are expired.
+2. **Chunks** (one transaction each, ``CHUNK`` templates): templates, face thumbnails and
+   kept originals are deleted, a ``remove`` row per template goes to the gallery change
+   log, a tombstone per erased image hash is written (so an old manifest cannot bring the
+   face back), stored search results are redacted, and an ``erasure.chunk`` audit event
+   lists the template ids.
+3. **Finish** (one transaction): the marked subjects are deleted, the receipt becomes
+   ``done`` with its counts, and the ``erasure`` audit event is written. Then the index
+   replays the log (the vectors are removed for real) and is saved, and the WAL is
+   checkpointed and truncated: with ``secure_delete`` on, no byte of an erased template
+   stays in the store's files.
+
+A crash anywhere leaves a receipt ``running``; the next command on the store (the CLI's
+or the server's start) calls :func:`resume_erasures`, which carries on from the chunk it
+stopped at. The receipt never holds biometric data or a name: the target only as a keyed
+hash (HMAC-SHA256 with the store's receipt key).
 """
 
 from __future__ import annotations
@@ -17,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from faceledger import errors
@@ -40,8 +55,11 @@ from faceledger.store.models import (
     Tombstone,
 )
 
-Scope = Literal["subject", "subject_id", "source", "jurisdiction"]
+log = logging.getLogger(__name__)
+
+Scope = Literal["subject", "subject_id", "source", "jurisdiction", "retention"]
 _IN_CHUNK = 5000
+CHUNK = 2000  # templates per erasure transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +110,8 @@ def _subjects_for(session: Session, scope: Scope, target: str,
             source
     code = target.strip().upper()
     return list(session.scalars(select(Subject).join(Source)
-                                .where(Source.jurisdiction == code))), None
+                                .where(Source.jurisdiction == code,
+                                       Subject.erasure_receipt_id.is_(None)))), None
 
 
 def _redact_searches(session: Session, erased: set[int]) -> int:
@@ -120,27 +139,27 @@ def _redact_searches(session: Session, erased: set[int]) -> int:
 
 def erase(svc: Services, scope: Scope, target: str, *, reason: str,
           source_name: str | None = None) -> ErasureResult:
-    """Erase a subject (by reference, or ``subject_id``), a source's subjects, or a
-    jurisdiction's. Committed as one transaction; the index and files follow."""
+    """Erase a subject (by reference, or ``subject_id``), a source's subjects, a
+    jurisdiction's, or (``retention``, target an ISO time) every template that expired by
+    then. Returns when the erasure is complete (index and files included)."""
     reason = reason.strip()
     if not reason:
         raise errors.InvalidRequest("an erasure needs a reason")
     if scope == "subject_id" and not target.isdigit():
         raise errors.InvalidRequest(f"a subject id is a number, not {safe_text(target)!r}")
-    gallery = svc.store_gallery()  # the store's own space, whatever the settings say
+    svc.require_writable()
+    resume_erasures(svc)  # one left by a crash goes first
     key = svc.receipt_key()
     now = svc.clock.now()
     with svc.writes.begin() as session:
-        subjects, source = _subjects_for(session, scope, target, source_name)
+        criteria: dict[str, Any] | None = None
+        if scope == "retention":
+            subjects: list[Subject] = []
+            source = None
+            criteria = {"expired_by": target}
+        else:
+            subjects, source = _subjects_for(session, scope, target, source_name)
         subject_ids = [s.id for s in subjects]
-        templates: list[tuple[int, str, int, str | None]] = []
-        for start in range(0, len(subject_ids), _IN_CHUNK):
-            templates.extend(session.execute(
-                select(Template.id, Template.image_sha256, Template.source_id,
-                       Template.stored_image)
-                .where(Template.subject_id.in_(subject_ids[start:start + _IN_CHUNK]))).all())
-        template_ids = [t[0] for t in templates]
-        images = [t[3] for t in templates if t[3]]
         # A subject erased by id is hashed by its reference, like one erased by reference:
         # the receipt can be matched to the person either way (and enrolment checks it).
         hashed = (target_hash(key, "subject", subjects[0].external_ref)
@@ -149,49 +168,145 @@ def erase(svc: Services, scope: Scope, target: str, *, reason: str,
             at=now, actor=svc.actor, scope=scope, target_hash=hashed, reason=reason,
             source_id=source.id if source is not None else None,
             jurisdiction=target.strip().upper() if scope == "jurisdiction" else None,
-            removed={"subjects": len(subjects), "templates": len(templates),
-                     "images": len(images)})
+            removed={"subjects": 0, "templates": 0, "images": 0}, state="running",
+            criteria=criteria)
         session.add(receipt)
         session.flush()
-        hashes = sorted({t[1] for t in templates})
-        held: set[tuple[str, int]] = set()
-        for start in range(0, len(hashes), _IN_CHUNK):
-            held.update((str(a), int(b)) for a, b in session.execute(
-                select(Tombstone.image_sha256, Tombstone.source_id)
-                .where(Tombstone.image_sha256.in_(hashes[start:start + _IN_CHUNK]))))
-        for _tid, sha, src, _img in templates:
-            if (sha, src) not in held:
-                session.add(Tombstone(image_sha256=sha, source_id=src, erased_at=now,
-                                      receipt_id=receipt.id))
-                held.add((sha, src))
-        for start in range(0, len(template_ids), _IN_CHUNK):
-            chunk = template_ids[start:start + _IN_CHUNK]
-            session.execute(delete(Thumbnail).where(Thumbnail.template_id.in_(chunk)))
-            session.execute(delete(Template).where(Template.id.in_(chunk)))
-            session.execute(insert(GalleryChange),
-                            [{"template_id": tid, "op": "remove"} for tid in chunk])
-        for start in range(0, len(subject_ids), _IN_CHUNK):
-            session.execute(delete(Subject).where(
-                Subject.id.in_(subject_ids[start:start + _IN_CHUNK])))
-        redacted = _redact_searches(session, set(template_ids))
-        audit.append(session, at=now, actor=svc.actor, action="erasure", details={
-            "searches_redacted": redacted,
+        for first in range(0, len(subject_ids), _IN_CHUNK):
+            session.execute(update(Subject).where(
+                Subject.id.in_(subject_ids[first:first + _IN_CHUNK]))
+                .values(erasure_receipt_id=receipt.id))
+        audit.append(session, at=now, actor=svc.actor, action="erasure.started", details={
             "receipt_id": receipt.id, "scope": scope, "target_hmac": hashed,
             "source_id": receipt.source_id, "jurisdiction": receipt.jurisdiction,
-            "subject_ids": subject_ids, "template_ids": template_ids, "reason": reason})
+            "criteria": criteria, "subject_ids": subject_ids, "reason": reason,
+            "request_id": svc.request_id})
         receipt_id = receipt.id
-    crash_point("erase.after_commit")
+    crash_point("erase.after_start")
+    return _finish(svc, receipt_id)
+
+
+def resume_erasures(svc: Services) -> list[ErasureResult]:
+    """Finish every erasure a crash left running (oldest first)."""
+    if svc.read_only:
+        return []
+    with svc.sessions() as session:
+        running = list(session.scalars(select(ErasureReceipt.id).where(
+            ErasureReceipt.state == "running").order_by(ErasureReceipt.id)))
+    done = []
+    for receipt_id in running:
+        log.warning("finishing erasure %d, interrupted before it completed", receipt_id)
+        done.append(_finish(svc, receipt_id))
+    return done
+
+
+def _chunk_rows(session: Session, receipt: ErasureReceipt
+                ) -> list[tuple[int, str, int, str | None]]:
+    cols = (Template.id, Template.image_sha256, Template.source_id, Template.stored_image)
+    rows = [tuple(r) for r in session.execute(
+        select(*cols).join(Subject, Template.subject_id == Subject.id)
+        .where(Subject.erasure_receipt_id == receipt.id).order_by(Template.id)
+        .limit(CHUNK)).all()]
+    if receipt.criteria and "expired_by" in receipt.criteria and len(rows) < CHUNK:
+        cutoff = datetime.fromisoformat(str(receipt.criteria["expired_by"]))
+        rows.extend(tuple(r) for r in session.execute(
+            select(*cols).where(Template.expires_at <= cutoff).order_by(Template.id)
+            .limit(CHUNK - len(rows))).all())
+    return rows  # type: ignore[return-value]
+
+
+def _erase_chunk(svc: Services, session: Session, receipt: ErasureReceipt,
+                 rows: list[tuple[int, str, int, str | None]]) -> None:
+    now = svc.clock.now()
+    template_ids = [r[0] for r in rows]
+    images = [r[3] for r in rows if r[3]]
+    hashes = sorted({r[1] for r in rows})
+    held: set[tuple[str, int]] = set()
+    for first in range(0, len(hashes), _IN_CHUNK):
+        held.update((str(a), int(b)) for a, b in session.execute(
+            select(Tombstone.image_sha256, Tombstone.source_id)
+            .where(Tombstone.image_sha256.in_(hashes[first:first + _IN_CHUNK]))))
+    for _tid, sha, src, _img in rows:
+        if (sha, src) not in held:
+            session.add(Tombstone(image_sha256=sha, source_id=src, erased_at=now,
+                                  receipt_id=receipt.id))
+            held.add((sha, src))
+    session.execute(delete(Thumbnail).where(Thumbnail.template_id.in_(template_ids)))
+    session.execute(delete(Template).where(Template.id.in_(template_ids)))
+    session.execute(insert(GalleryChange),
+                    [{"template_id": tid, "op": "remove"} for tid in template_ids])
+    redacted = _redact_searches(session, set(template_ids))
+    # Kept originals go before the commit: a crash after it must not leave one behind.
+    folder = svc.home / "images"
+    for name in images:
+        (folder / name).unlink(missing_ok=True)
+    removed = dict(receipt.removed)
+    removed["templates"] = removed.get("templates", 0) + len(template_ids)
+    removed["images"] = removed.get("images", 0) + len(images)
+    receipt.removed = removed
+    audit.append(session, at=now, actor=svc.actor, action="erasure.chunk", details={
+        "receipt_id": receipt.id, "template_ids": template_ids,
+        "searches_redacted": redacted})
+
+
+def _finish(svc: Services, receipt_id: int) -> ErasureResult:
+    gallery = svc.store_gallery()  # the store's own space, whatever the settings say
+    while True:
+        with svc.writes.begin() as session:
+            receipt = session.get(ErasureReceipt, receipt_id)
+            if receipt is None:
+                raise errors.NotFound(f"no erasure receipt {receipt_id}")
+            if receipt.state == "done":
+                break
+            rows = _chunk_rows(session, receipt)
+            if rows:
+                _erase_chunk(svc, session, receipt, rows)
+            else:
+                _close(svc, session, receipt)
+        if rows:
+            crash_point("erase.after_chunk")
+        else:
+            crash_point("erase.after_commit")
+            break
     # The records no longer hold them, so no search can return them from here on (search
     # re-checks every hit against the records). Now the derived copies go.
     with svc.runtime.gallery_lock.write():
         before = gallery.index.count()
         gallery.save()  # replays the change log (the removals above), writes the file
         removed = before - gallery.index.count()
-    for name in images:
-        (gallery.images_dir / name).unlink(missing_ok=True)
     checkpoint(svc.engine)  # the WAL's copies of the erased rows go too
-    return ErasureResult(receipt_id, scope, len(subjects), len(templates), len(images),
-                         max(removed, 0))
+    with svc.sessions() as session:
+        receipt = session.get(ErasureReceipt, receipt_id)
+        assert receipt is not None
+        counts = dict(receipt.removed)
+        scope = receipt.scope
+    return ErasureResult(receipt_id, scope,  # type: ignore[arg-type]
+                         counts.get("subjects", 0), counts.get("templates", 0),
+                         counts.get("images", 0), max(removed, 0))
+
+
+def _close(svc: Services, session: Session, receipt: ErasureReceipt) -> None:
+    now = svc.clock.now()
+    subject_ids = list(session.scalars(select(Subject.id).where(
+        Subject.erasure_receipt_id == receipt.id)))
+    if receipt.criteria and "expired_by" in receipt.criteria:
+        # Subjects whose every template has expired go with their last one.
+        subject_ids += list(session.scalars(select(Subject.id).where(
+            Subject.erasure_receipt_id.is_(None),
+            ~exists().where(Template.subject_id == Subject.id))))
+    for first in range(0, len(subject_ids), _IN_CHUNK):
+        session.execute(delete(Subject).where(
+            Subject.id.in_(subject_ids[first:first + _IN_CHUNK])))
+    removed = dict(receipt.removed)
+    removed["subjects"] = removed.get("subjects", 0) + len(subject_ids)
+    receipt.removed = removed
+    receipt.state = "done"
+    receipt.finished_at = now
+    audit.append(session, at=now, actor=svc.actor, action="erasure", details={
+        "receipt_id": receipt.id, "scope": receipt.scope, "target_hmac": receipt.target_hash,
+        "source_id": receipt.source_id, "jurisdiction": receipt.jurisdiction,
+        "criteria": receipt.criteria, "subject_ids": subject_ids, "removed": removed,
+        "reason": receipt.reason})
 
 
 def erase_request(svc: Services, *, reason: str, subject_ref: str | None = None,

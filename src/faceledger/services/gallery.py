@@ -41,10 +41,12 @@ from numpy.typing import NDArray
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from faceledger import errors
 from faceledger.faults import crash_point
 from faceledger.index.base import Hits, VectorIndex
 from faceledger.index.factory import index_from_bytes, index_path, new_index
 from faceledger.store.models import GalleryChange, Template
+from faceledger.store.sealing import DataCipher
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,9 @@ def _fsync_dir(path: Path) -> None:
 
 class Gallery:
     def __init__(self, home: Path, backend: str, dim: int, space: str,
-                 sessions: sessionmaker[Session]) -> None:
+                 sessions: sessionmaker[Session], cipher: DataCipher) -> None:
         self._home = home
+        self._cipher = cipher
         self._backend = backend
         self._dim = dim
         self._space = space
@@ -104,6 +107,10 @@ class Gallery:
     @property
     def path(self) -> Path:
         return self._path
+
+    def use_cipher(self, cipher: DataCipher) -> None:
+        """Seal the next saves under another key (``keys rotate``)."""
+        self._cipher = cipher
 
     @property
     def images_dir(self) -> Path:
@@ -180,6 +187,10 @@ class Gallery:
         if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
             raise IndexFileError("checksum mismatch (truncated or damaged)")
         try:
+            payload = self._cipher.open(payload, "index")
+        except errors.StoreCorrupt as exc:
+            raise IndexFileError(str(exc)) from exc
+        try:
             index = index_from_bytes(self._backend, payload, self._dim)
         except ValueError as exc:
             raise IndexFileError(str(exc)) from exc
@@ -221,7 +232,8 @@ class Gallery:
                 select(Template.id, Template.vector)
                 .where(Template.id.in_(chunk), Template.space == self._space)
             ):
-                found[int(tid)] = vector_from_bytes(raw, self._dim)
+                found[int(tid)] = vector_from_bytes(self._cipher.open(raw, "template"),
+                                                    self._dim)
         keys = np.asarray(sorted(found), dtype=np.int64)
         vecs = (np.stack([found[int(k)] for k in keys]) if len(keys)
                 else np.zeros((0, self._dim), dtype=np.float32))
@@ -324,7 +336,7 @@ class Gallery:
 
     def _save_locked(self) -> None:
         self._replay()
-        payload = self.index.to_bytes()
+        payload = self._cipher.seal(self.index.to_bytes(), "index")
         header = json.dumps({
             "format": FORMAT, "backend": self._backend, "space": self._space,
             "dim": self._dim, "count": self.index.count(), "seq": self.applied_seq,

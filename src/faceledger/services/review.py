@@ -142,7 +142,7 @@ def template_thumbnail(svc: Services, template_id: int) -> bytes:
     """A template's face crop, for a reviewer; every access is audited."""
     with svc.sessions() as session:
         thumb = session.get(Thumbnail, template_id)
-        jpeg = thumb.jpeg if thumb is not None else None
+        jpeg = svc.cipher.open(thumb.jpeg, "thumbnail") if thumb is not None else None
     if jpeg is None:
         raise errors.NotFound(f"no thumbnail for template {template_id} (erased, or "
                               "enrolled before thumbnails were kept)")
@@ -154,7 +154,8 @@ def probe_crop(svc: Services, search_id: int, face: int) -> bytes:
     """A searched face's crop, while its candidates await review; audited."""
     with svc.sessions() as session:
         crop = session.get(ProbeCrop, (search_id, face))
-        jpeg = crop.jpeg if crop is not None and crop.expires_at > svc.clock.now() else None
+        jpeg = (svc.cipher.open(crop.jpeg, "probe_crop")
+                if crop is not None and crop.expires_at > svc.clock.now() else None)
     if jpeg is None:
         raise errors.NotFound(f"no crop of face {face} of search {search_id}: none kept, "
                               "review finished, or expired")

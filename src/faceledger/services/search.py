@@ -117,7 +117,8 @@ def _rows(svc: Services, ids: list[int]) -> list[tuple[Template, Subject]]:
         for start in range(0, len(ids), _IN_CHUNK):
             out.extend((t, s) for t, s in session.execute(
                 select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
-                .where(Template.id.in_(ids[start:start + _IN_CHUNK]))))
+                .where(Template.id.in_(ids[start:start + _IN_CHUNK]),
+                       Subject.erasure_receipt_id.is_(None))))
     return out
 
 
@@ -192,8 +193,9 @@ def _searched_gallery(svc: Services, sources: dict[int, Source], now: datetime
     with svc.sessions() as session:
         templates, subjects = session.execute(
             select(func.count(Template.id), func.count(distinct(Template.subject_id)))
+            .join(Subject, Template.subject_id == Subject.id)
             .where(Template.source_id.in_(list(sources)), Template.expires_at > now,
-                   Template.space == svc.space)).one()
+                   Template.space == svc.space, Subject.erasure_receipt_id.is_(None))).one()
     return SearchedGallery(int(templates), int(subjects))
 
 
@@ -297,7 +299,8 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         search_id = record.id
         # The searched faces' crops, for reviewers, only while candidates await review.
         for n, jpeg in crops.items():
-            session.add(ProbeCrop(search_id=search_id, face=n, jpeg=jpeg,
+            session.add(ProbeCrop(search_id=search_id, face=n,
+                                  jpeg=svc.cipher.seal(jpeg, "probe_crop"),
                                   expires_at=now + timedelta(days=keep_days)))
     return replace(result, search_id=search_id)
 
@@ -364,7 +367,7 @@ def verify_subject(svc: Services, data: bytes, subject_id: int, *,
     now = svc.clock.now()
     with svc.sessions() as session:
         subject = session.get(Subject, subject_id)
-        if subject is None:
+        if subject is None or subject.erasure_receipt_id is not None:
             raise errors.SubjectNotFound(f"no subject with id {subject_id}")
         rows = session.execute(select(Template.id, Template.vector).where(
             Template.subject_id == subject_id, Template.space == svc.space,
@@ -372,8 +375,9 @@ def verify_subject(svc: Services, data: bytes, subject_id: int, *,
     if not rows:
         raise errors.SubjectNotFound(
             f"subject {subject_id} has no template in date in this embedding space")
-    scores = [(float(np.dot(face.embedding, np.frombuffer(v, dtype="<f4"))), int(tid))
-              for tid, v in rows]
+    scores = [(float(np.dot(face.embedding,
+                            np.frombuffer(svc.cipher.open(v, "template"), dtype="<f4"))),
+               int(tid)) for tid, v in rows]
     score, template_id = max(scores)
     threshold = svc.verify_threshold()
     same = score >= threshold

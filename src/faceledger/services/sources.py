@@ -63,6 +63,13 @@ def add_source(svc: Services, spec: SourceSpec) -> Source:
     if spec.jurisdiction in svc.settings.excluded_jurisdictions:
         raise errors.JurisdictionExcluded(
             f"jurisdiction {spec.jurisdiction} is excluded by this installation")
+    from faceledger.services.retention import ceiling_for
+
+    ceiling = ceiling_for(svc.settings, spec.jurisdiction)
+    if ceiling is not None and spec.retention_days > ceiling:
+        raise errors.RetentionTooLong(
+            f"retention of {spec.retention_days} days is over this installation's ceiling "
+            f"for {spec.jurisdiction}: {ceiling} days (FACELEDGER_JURISDICTION_RETENTION_DAYS)")
     now = svc.clock.now()
     source = Source(
         name=spec.name, description=spec.description, supplier=spec.supplier,

@@ -33,6 +33,7 @@ def list_subjects(svc: Services, source: str | None = None) -> list[SubjectRow]:
                         func.count(Template.id))
                  .join(Source, Subject.source_id == Source.id)
                  .outerjoin(Template, Template.subject_id == Subject.id)
+                 .where(Subject.erasure_receipt_id.is_(None))  # not being erased
                  .group_by(Subject.id, Source.name)
                  .order_by(Source.name, Subject.external_ref))
         if source:
@@ -45,7 +46,7 @@ def show_subject_by_id(svc: Services, subject_id: int) -> dict[str, object]:
     with svc.sessions() as session:
         rows = session.execute(
             select(Subject, Source).join(Source, Subject.source_id == Source.id)
-            .where(Subject.id == subject_id)).all()
+            .where(Subject.id == subject_id, Subject.erasure_receipt_id.is_(None))).all()
         if not rows:
             raise errors.SubjectNotFound(f"no subject with id {subject_id}")
         return _describe(session, rows)[0]
@@ -55,7 +56,8 @@ def show_subject(svc: Services, ref: str) -> list[dict[str, object]]:
     with svc.sessions() as session:
         rows = session.execute(
             select(Subject, Source).join(Source, Subject.source_id == Source.id)
-            .where(Subject.external_ref.in_(lookup_forms(ref)))).all()
+            .where(Subject.external_ref.in_(lookup_forms(ref)),
+                   Subject.erasure_receipt_id.is_(None))).all()
         if not rows:
             raise errors.SubjectNotFound(
                 f"no subject with reference {safe_text(ref)!r}")

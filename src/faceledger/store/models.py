@@ -79,6 +79,13 @@ class Subject(Base):
     external_ref: Mapped[str] = mapped_column(String(200))
     display_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A shorter retention than the source's for this subject (never longer).
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Set when an erasure covering this subject has started (services.erasure): from then
+    # on no search, verify, subject-access answer or enrolment sees or adds to it, while
+    # the erasure removes its templates chunk by chunk (resumed after a crash).
+    erasure_receipt_id: Mapped[int | None] = mapped_column(Integer, nullable=True,
+                                                           index=True)
 
     source: Mapped[Source] = relationship()
     templates: Mapped[list[Template]] = relationship(
@@ -122,6 +129,30 @@ class AuditEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class AuditAnchor(Base):
+    """What a pruning of the audit log keeps, so the rest still verifies: the last pruned
+    event (its id and chain hash: the next event links to it), the Merkle compact range
+    of the pruned events (``frontier``: one hash per set bit of ``pruned_through``), the
+    signed checkpoint written just before (``tree_size``, ``root_hash``, ``checkpoint``)
+    and, for each checkpoint recorded among the pruned events, its consistency proof to
+    that checkpoint (``proofs``), so an older checkpoint an operator kept still checks."""
+
+    __tablename__ = "audit_anchors"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    before: Mapped[datetime] = mapped_column(UTCDateTime)
+    pruned_through: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    frontier: Mapped[list[str]] = mapped_column(JSON)
+    tree_size: Mapped[int] = mapped_column(Integer)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    proofs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
 class ErasureReceipt(Base):
     """Proof an erasure happened. No biometric data, no names: the target's reference is
     kept only as a keyed hash (HMAC-SHA256 with the store's receipt key), which a
@@ -142,6 +173,12 @@ class ErasureReceipt(Base):
     jurisdiction: Mapped[str | None] = mapped_column(String(8), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
     removed: Mapped[dict[str, int]] = mapped_column(JSON)
+    # ``running`` from the erasure's first commit until its last chunk; a crash leaves it
+    # running and the next command finishes it. ``criteria``: what a retention erasure
+    # selects (templates expired before a time), so a resumed one selects the same.
+    state: Mapped[str] = mapped_column(String(16), default="done")
+    criteria: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Tombstone(Base):
@@ -275,3 +312,28 @@ class WebSession(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SubjectRequest(Base):
+    """A data subject's request to know what is held (GDPR Art. 15), made with what the
+    organisation already holds: a reference or a name as the source recorded it, and a
+    contact to answer. Never a photo: an optional one is searched in memory only and
+    only its SHA-256 and the candidates found (for the steward to check) are kept."""
+
+    __tablename__ = "subject_requests"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    opened_by: Mapped[str] = mapped_column(String(200))
+    subject_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    display_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    source_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    contact: Mapped[str] = mapped_column(String(500))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    photo_searches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    answered_by: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -7,6 +7,7 @@ so ``FACELEDGER_EMBEDDER=dlib faceledger eval ...`` measures dlib alone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,7 +16,8 @@ from faceledger.cli_common import Ctx, F, emit, handles_errors, json_option, pas
 
 @click.group("eval")
 def eval_group() -> None:
-    """Measure accuracy with the product's own pipeline (LFW protocols, calibration)."""
+    """Measure accuracy with the product's own pipeline (LFW protocols, calibration,
+    demographic differentials)."""
 
 
 def _input_opts(fn: F) -> F:
@@ -144,3 +146,88 @@ def eval_fit_sface_template(c: Ctx, images: Path, as_json: bool) -> None:
           "used": fit.used}, as_json,
          f"DLIB5_IN_ARCFACE112 = {rows}\nfrom {fit.used} of {fit.images} development "
          f"images; spread (median abs. deviation, px): {fit.spread.round(2).tolist()}")
+
+
+@eval_group.command("demographics")
+@_eval_opts
+@click.option("--utkface", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="UTKFace chips AGE_GENDER_RACE_TIMESTAMP.jpg [default: "
+                                 "IMAGES/../demographics/utkface].")
+@click.option("--labels", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="LFW labels: female_names.txt, male_names.txt, "
+                                 "lfw_race_dict.json [default: IMAGES/../demographics/lfw].")
+@click.option("--limit-per-group", type=click.IntRange(min=2), default=None,
+              help="At most N UTKFace images per race x gender x age band and N LFW people "
+                   "per gender (a quick check; the figures need the full data).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=10), default=1000,
+              show_default=True, help="Bootstrap replicates for the intervals.")
+@click.option("--seed", type=int, default=20261201, show_default=True,
+              help="Bootstrap seed.")
+@click.option("--write-differentials", "to_file", type=click.Path(path_type=Path),
+              default=None, help="Also write the figures in force (the shipped one: "
+                                 "src/faceledger/governance/differentials/EMBEDDER.json).")
+@json_option
+@pass_ctx
+@handles_errors
+def eval_demographics(c: Ctx, images: Path, out: Path, cache_dir: Path | None,
+                      utkface: Path | None, labels: Path | None, limit_per_group: int | None,
+                      n_boot: int, seed: int, to_file: Path | None, as_json: bool) -> None:
+    """Demographic differentials: per-group FMR (UTKFace, within-group impostor pairs) at
+    the verify and search thresholds, FNMR/FMR per gender on LFW, a mitigation check."""
+    from faceledger import errors
+    from faceledger.eval import demographics as demo
+    from faceledger.eval.runner import _provenance, _workers
+    from faceledger.governance.calibration import load_calibration
+    from faceledger.services.container import pipeline_config
+    from faceledger.vision.embedders import embedder_spec
+
+    s = c.settings
+    utk = utkface or images.parent / "demographics" / "utkface"
+    lab = labels or images.parent / "demographics" / "lfw"
+    for what, path in (("--utkface", utk), ("--labels", lab)):
+        if not path.is_dir():
+            raise errors.InvalidRequest(f"{what}: no folder at {path}")
+    spec = embedder_spec(s.embedder)
+    cal = load_calibration(spec.space, spec.calibration_file)
+    config = pipeline_config(s)
+    ops = demo.operating_points(cal, s.target_fmr, s.target_fpir,
+                                verify_threshold=s.verify_threshold,
+                                search_threshold=s.search_threshold)
+    command = (f"FACELEDGER_EMBEDDER={s.embedder} faceledger eval demographics --images "
+               "LFW_DIR --utkface UTKFACE_DIR --labels LFW_LABELS_DIR"
+               + (f" --limit-per-group {limit_per_group}" if limit_per_group else "")
+               + f" --bootstrap {n_boot} --seed {seed}")
+    r = demo.run(demo.Inputs(utk, images, lab, out, _cache(cache_dir), _workers(s.workers),
+                             config, cal, tuple(ops), limit_per_group, n_boot, seed, command),
+                 _provenance(config))
+    if to_file is not None:
+        demo.write_differentials(r["differentials"], to_file)
+        r["differentials_file"] = str(to_file)
+    emit(r, as_json, _demographics_text(r))
+
+
+def _demographics_text(d: dict[str, Any]) -> str:
+    u = d["utkface"]
+    lines = [f"embedder {d['embedder']}; UTKFace {u['with_face']} of {u['images']} chips "
+             "with a face; thresholds: " + ", ".join(
+                 f"{op['name']} {op['threshold']:.4f}" for op in d["operating_points"])]
+    for name in ("age_band", "race | age_band=adult", "race | age_band=child"):
+        facet = u["facets"][name]
+        lines.append(f"{name}: FMR at verify (pairs): " + "; ".join(
+            f"{g['label']} {100 * g['at']['verify']['fmr']:.2g}% ({g['pairs']:,})"
+            for g in facet["groups"].values()))
+        ratio = facet["worst_over_best"].get("verify")
+        if ratio and ratio["ratio"] is not None:
+            lo, hi = ratio["ci95"]
+            lines.append(f"  worst/best {ratio['ratio']:.3g} (95% CI {lo:.3g}-"
+                         f"{'inf' if hi is None else f'{hi:.3g}'})")
+    dup = u["duplicates"]["excluded"]
+    lines.append(f"pairs excluded as one person twice: {dup['pairs']} ({dup['rule']})")
+    for key, f in d["lfw"]["fnmr"].items():
+        if "at" in f:
+            lines.append(f"LFW {key}: FNMR at verify {100 * f['at']['verify']['fnmr']:.2g}% "
+                         f"({f['pairs']:,} pairs, {f['people']} people)")
+    lines += [f"PNG: {', '.join(d['png'].values())}", f"JSON: {d['json']}"]
+    if "differentials_file" in d:
+        lines.append(f"differentials: {d['differentials_file']}")
+    return "\n".join(lines)

@@ -103,6 +103,9 @@ def test_enrol_search_and_get_a_past_search(server: Server) -> None:
     assert cands[0]["subject"] == server.names[0]
     assert cands[0]["source"] == "custody" and cands[0]["lawful_basis"]
     assert result["notice"].startswith("candidates are leads")
+    risk = result["demographic_risk"]  # measured on labelled data (issue 12)
+    assert risk["groups_flagged"] >= len(risk["worst"]) > 0
+    assert risk["measured_gallery_size"] == 1000 and "false match rate" in risk["worst"][0]["text"]
     with server.client("reviewer") as c:
         again = c.get(f"/v1/searches/{result['search_id']}").json()
     for face in again["faces"]:

@@ -104,6 +104,9 @@ def test_search_review_and_audit_in_the_browser(browser: object, site: Site) -> 
     first = ivan.get_by_test_id("candidate-subject").first.inner_text()  # type: ignore[attr-defined]
     assert first == target
     assert ivan.locator(".box").count() >= 1  # type: ignore[attr-defined]
+    # The measured demographic risk at this gallery size (issue 12), never the probe's.
+    risk = ivan.get_by_test_id("demographic-risk").inner_text()  # type: ignore[attr-defined]
+    assert "Measured demographic risk" in risk and "group(s)" in risk
     thumbs = ivan.locator(".card img")  # type: ignore[attr-defined]
     assert thumbs.count() >= 2
     assert all(thumbs.nth(i).evaluate("i => i.naturalWidth > 0") for i in range(2))

@@ -266,7 +266,16 @@ def search(c: Ctx, photo: Path, purpose: str, case_ref: str, top_k: int | None,
                          f"{safe_text(str(c_['source']))}; a stranger scores this high in "
                          f"this gallery with probability {c_['fpir']:.2g})")
     lines.append("candidates are leads for human review, not identifications")
+    lines.extend(_risk_lines(result.get("demographic_risk")))
     emit(result, as_json, "\n".join(lines))
+
+
+def _risk_lines(risk: dict[str, Any] | None) -> list[str]:
+    """The measured demographic risk of a result (issue 12), for a person to read."""
+    if not risk:
+        return []
+    return [f"demographic risk: {risk['notice']}"] + [
+        f"  {w['text']}" for w in risk["worst"]]
 
 
 @cli.command()
@@ -289,8 +298,9 @@ def verify(c: Ctx, photo_a: Path, photo_b: Path, purpose: str | None, case_ref: 
 
         r = run_verify(c.services(), a, b, purpose=purpose, case=case_ref).as_dict()
     verdict = "same person" if r["same_person"] else "different people"
-    emit(r, as_json, f"{verdict} (score {r['score']:.3f}, threshold "
-          f"{r['threshold']:.3f}; false match rate at this score ~{r['fmr']:.2g})")
+    emit(r, as_json, "\n".join(
+        [f"{verdict} (score {r['score']:.3f}, threshold {r['threshold']:.3f}; false match "
+         f"rate at this score ~{r['fmr']:.2g})", *_risk_lines(r.get("demographic_risk"))]))
 
 
 @cli.group()

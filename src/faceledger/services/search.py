@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import delete, distinct, func, select
@@ -70,9 +71,11 @@ class SearchResult:
     times: StageTimes = field(default_factory=StageTimes)
     search_id: int | None = None
     image_size: tuple[int, int] = (0, 0)  # the probe's (width, height), upright
+    demographic_risk: dict[str, Any] | None = None  # see demographic_risk()
 
     def as_dict(self) -> dict[str, object]:
         return {"search_id": self.search_id,
+                "demographic_risk": self.demographic_risk,
                 "faces": [f.as_dict() for f in self.faces], "purpose": self.purpose,
                 "case": self.case, "target_fpir": self.target_fpir,
                 "gallery_size": self.gallery_size,
@@ -290,7 +293,9 @@ def search(svc: Services, data: bytes, *, purpose: str, case: str, top_k: int | 
         event_id = event.id
         result = SearchResult(image.sha256, purpose, case, target, searched.templates,
                               searched.subjects, results, event_id, times,
-                              image_size=image.original_size)
+                              image_size=image.original_size,
+                              demographic_risk=demographic_risk(svc, "search",
+                                                                max(searched.templates, 1)))
         record = SearchRecord(at=now, actor=svc.actor, purpose=purpose, case_ref=case,
                               probe_sha256=image.sha256, audit_event_id=event_id,
                               result=result.as_dict())
@@ -313,11 +318,48 @@ class VerifyResult:
     threshold: float
     boxes: tuple[list[int], list[int]]
     audit_event_id: int
+    demographic_risk: dict[str, Any] | None = None  # see demographic_risk()
 
     def as_dict(self) -> dict[str, object]:
         return {"score": round(self.score, 4), "fmr": float(f"{self.fmr:.3g}"),
                 "same_person": self.same_person, "threshold": round(self.threshold, 4),
-                "boxes": list(self.boxes), "audit_event": self.audit_event_id}
+                "boxes": list(self.boxes), "audit_event": self.audit_event_id,
+                "demographic_risk": self.demographic_risk}
+
+
+RISK_SHOWN = 3  # the worst groups named in a result; the count says how many in all
+
+
+def demographic_risk(svc: Services, kind: Literal["search", "verify"],
+                     gallery_size: int | None) -> dict[str, Any] | None:
+    """The measured demographic risk at this operating point (issue 12): the groups whose
+    false match rate, measured on labelled data at the threshold in force for this gallery
+    size, is over ``differentials.FACTOR`` times the target; None if none is. The probe's
+    demographics are never classified: this states the measured risk for everyone."""
+    from faceledger.governance.differentials import FACTOR, risk_notes
+
+    target = svc.settings.target_fpir if kind == "search" else svc.settings.target_fmr
+    notes = risk_notes(svc.settings.embedder, gallery_size if kind == "search" else None,
+                       kind, target)
+    if not notes:
+        return None
+    fixed = (svc.settings.search_threshold if kind == "search"
+             else svc.settings.verify_threshold) is not None
+    out: dict[str, Any] = {
+        "groups_flagged": len(notes), "factor": FACTOR,
+        "measured_gallery_size": notes[0].gallery_size,
+        "worst": [{"group": n.label, "fmr": n.fmr, "ci95": list(n.ci95), "pairs": n.pairs,
+                   "times_target": round(n.times_target, 1), "upper_bound": n.upper_bound,
+                   "text": n.text()} for n in notes[:RISK_SHOWN]],
+        "notice": (f"{len(notes)} demographic group(s) were measured with a false match rate "
+                   f"over {FACTOR:g}x the target at this threshold; the probe's demographics "
+                   "are not classified: treat any candidate with the more care (model card, "
+                   "'Demographic differentials')"),
+    }
+    if fixed:
+        out["caveat"] = ("a fixed threshold is configured; these figures are for the "
+                         "calibrated one")
+    return out
 
 
 def _largest_face(svc: Services, data: bytes, label: str) -> tuple[Face, str]:
@@ -343,7 +385,8 @@ def verify(svc: Services, data_a: bytes, data_b: bytes, *, purpose: str | None =
                                       "same_person": same, "purpose": purpose, "case": case})
         event_id = event.id
     return VerifyResult(score, svc.calibration.fmr(score), same, threshold,
-                        (face_a.box.as_list(), face_b.box.as_list()), event_id)
+                        (face_a.box.as_list(), face_b.box.as_list()), event_id,
+                        demographic_risk(svc, "verify", None))
 
 
 def get_search(svc: Services, search_id: int) -> dict[str, object]:
@@ -388,4 +431,4 @@ def verify_subject(svc: Services, data: bytes, subject_id: int, *,
             "case": case, "request_id": svc.request_id})
         event_id = event.id
     return VerifyResult(score, svc.calibration.fmr(score), same, threshold,
-                        (face.box.as_list(), []), event_id)
+                        (face.box.as_list(), []), event_id, demographic_risk(svc, "verify", None))

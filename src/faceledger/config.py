@@ -20,6 +20,14 @@ IndexBackendName = Literal["faiss-flat", "exact"]
 DecisionScoreName = Literal["auto", "raw"]
 
 
+def _jurisdiction_code(code: str) -> str:
+    """An ISO 3166 code as settings take it (``gb`` -> ``GB``, ``US-IL``), or ValueError."""
+    key = code.strip().upper()
+    if not (2 <= len(key) <= 8 and key.replace("-", "").isalnum() and key.isascii()):
+        raise ValueError(f"{code.strip()!r} is not an ISO 3166 code (e.g. GB, FR, US-IL)")
+    return key
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACELEDGER_", extra="forbid")
 
@@ -165,9 +173,7 @@ class Settings(BaseSettings):
     def _check_ceilings(cls, v: dict[str, int]) -> dict[str, int]:
         out: dict[str, int] = {}
         for code, days in v.items():
-            key = code.strip().upper()
-            if not (2 <= len(key) <= 8 and key.replace("-", "").isalnum() and key.isascii()):
-                raise ValueError(f"{code!r} is not an ISO 3166 code (e.g. US-IL)")
+            key = _jurisdiction_code(code)
             if days < 1:
                 raise ValueError(f"{code}: the ceiling must be at least 1 day")
             out[key] = days
@@ -176,12 +182,7 @@ class Settings(BaseSettings):
     @field_validator("excluded_jurisdictions")
     @classmethod
     def _upper(cls, v: list[str]) -> list[str]:
-        out = [j.strip().upper() for j in v if j.strip()]
-        for code in out:
-            if not (2 <= len(code) <= 8 and code.replace("-", "").isalnum()
-                    and code.isascii()):
-                raise ValueError(f"{code!r} is not an ISO 3166 code (e.g. GB, FR)")
-        return out
+        return [_jurisdiction_code(j) for j in v if j.strip()]
 
     @property
     def resolved_keys_dir(self) -> Path:

@@ -353,7 +353,7 @@ def demographic_risk(svc: Services, kind: Literal["search", "verify"],
                    "text": n.text()} for n in notes[:RISK_SHOWN]],
         "notice": (f"{len(notes)} demographic group(s) were measured with a false match rate "
                    f"over {FACTOR:g}x the target at this threshold; the probe's demographics "
-                   "are not classified: treat any candidate with the more care (model card, "
+                   "are not classified: weigh every candidate with this in mind (model card, "
                    "'Demographic differentials')"),
     }
     if fixed:

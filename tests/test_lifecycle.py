@@ -179,6 +179,32 @@ def test_retention_sweep_over_http_for_stewards_only(store: tuple[Path, list[str
     assert names[3] not in [s["subject"] for s in ok_json(home, "subjects", "list")]
 
 
+def test_the_server_sweeps_on_its_schedule(store: tuple[Path, list[str]]) -> None:
+    home, names = store
+    with _db(home) as db:
+        db.execute("UPDATE templates SET expires_at = ? WHERE subject_id = "
+                   "(SELECT id FROM subjects WHERE external_ref = ?)",
+                   (_iso(datetime.now(UTC) - timedelta(hours=1)), names[0]))
+    log = home.parent / "serve.log"
+    with serving(home, log, FACELEDGER_RETENTION_SWEEP_MINUTES="0.02",
+                 FACELEDGER_AUDIT_CHECKPOINT_MINUTES="0"):
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with _db(home) as db:
+                done = db.execute("SELECT count(*) FROM erasure_receipts WHERE scope = "
+                                  "'retention' AND state = 'done'").fetchone()[0]
+            if done:
+                break
+            time.sleep(0.5)
+    assert done == 1
+    refs = [s["subject"] for s in ok_json(home, "subjects", "list")]
+    assert names[0] not in refs and len(refs) == 3
+    actors = {e["actor"] for e in ok_json(home, "audit", "events", "--action", "erasure")}
+    assert actors == {"scheduler"}
+
+
 # --- 2. one erasure, provably complete, resumable ---------------------------------------------
 def _bulk_load(home: Path, source: str, refs: int, per_ref: int, seed: int) -> list[bytes]:
     """Thousands of templates straight into the records (a test-data path, like the

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # already held.
     jurisdiction_retention_days: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict)
-    retention_sweep_minutes: int = Field(
+    retention_sweep_minutes: float = Field(
         default=60, ge=0, description="faceledger serve: minutes between retention sweeps "
                                       "(0: none; run `faceledger retention sweep` instead).")
     user: str | None = Field(default=None, description="Acting user for the audit log.")

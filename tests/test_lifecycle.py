@@ -399,10 +399,13 @@ def test_subject_requests_over_http(store: tuple[Path, list[str]], lfw: Path) ->
     steward = ok_json(home, "user", "add", "stew", "--role", "steward")["api_key"]
     investigator = ok_json(home, "user", "add", "inv", "--role", "investigator")["api_key"]
     auth = {"Authorization": f"Bearer {steward}"}
-    with serving(home, home.parent / "serve.log", FACELEDGER_RETENTION_SWEEP_MINUTES="0") as url:
-        c = httpx.Client(base_url=url, headers=auth, timeout=60)
-        assert httpx.post(f"{url}/v1/subject-requests", json={"contact": "c", "subject_ref": "x"},
-                          headers={"Authorization": f"Bearer {investigator}"}).status_code == 403
+    with (serving(home, home.parent / "serve.log",
+                  FACELEDGER_RETENTION_SWEEP_MINUTES="0") as url,
+          httpx.Client(base_url=url, headers=auth, timeout=60) as c):
+        denied = httpx.post(f"{url}/v1/subject-requests",
+                            json={"contact": "c", "subject_ref": "x"},
+                            headers={"Authorization": f"Bearer {investigator}"})
+        assert denied.status_code == 403
         r = c.post("/v1/subject-requests", json={"contact": "c"})
         assert r.status_code == 400 and r.json()["code"] == "invalid_request"
         req = c.post("/v1/subject-requests", json={"contact": "c", "subject_ref": names[1]})
@@ -423,7 +426,7 @@ def test_subject_requests_over_http(store: tuple[Path, list[str]], lfw: Path) ->
         assert ans["answer"]["subjects"][0]["reference"] == names[1]
         # A jurisdiction purge over the API, as a steward.
         gone = c.post("/v1/erasures", json={"scope": "jurisdiction", "target": "GB",
-                                            "reason": "exit from GB"})
+                                             "reason": "exit from GB"})
         assert gone.status_code == 201 and gone.json()["templates"] == 4
     assert ok_json(home, "subjects", "list") == []
 

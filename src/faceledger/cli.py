@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import click
 
 from faceledger import __version__, errors
 from faceledger.cli_audit import register as register_audit_commands
-from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
+from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx, pretty
 from faceledger.cli_eval import eval_group
 from faceledger.cli_lifecycle import keys_group, retention_group, sar_group
 from faceledger.cli_report import report_group
@@ -335,8 +334,7 @@ def subjects_show(c: Ctx, ref: str, as_json: bool) -> None:
     from faceledger.services.subjects import show_subject
 
     data = show_subject(c.services(), ref)
-    shown = json.dumps(data, indent=2, ensure_ascii=False)
-    emit(data, as_json, "\n".join(safe_text(line) for line in shown.split("\n")))
+    emit(data, as_json, pretty(data))
 
 
 @cli.command()

@@ -87,6 +87,14 @@ def json_dumps(data: object) -> str:
                    and unicodedata.category(ch) in _INVISIBLE else ch for ch in text)
 
 
+def pretty(data: object) -> str:
+    """Indented JSON for a person to read, each line escaped (``refs.safe_text``)."""
+    from faceledger.refs import safe_text
+
+    shown = json.dumps(data, indent=2, ensure_ascii=False)
+    return "\n".join(safe_text(line) for line in shown.split("\n"))
+
+
 def emit(data: object, as_json: bool, text: str) -> None:
     click.echo(json_dumps(data) if as_json else text)
 

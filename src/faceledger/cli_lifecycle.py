@@ -3,19 +3,13 @@ requests) and ``keys`` (encryption at rest). The same services as the API's rout
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx
+from faceledger.cli_common import Ctx, emit, handles_errors, json_option, pass_ctx, pretty
 from faceledger.refs import safe_text
-
-
-def _pretty(data: object) -> str:
-    shown = json.dumps(data, indent=2, ensure_ascii=False)
-    return "\n".join(safe_text(line) for line in shown.split("\n"))
 
 
 # --- retention ---------------------------------------------------------------------------------
@@ -114,7 +108,7 @@ def sar_show(c: Ctx, request_id: int, as_json: bool) -> None:
     from faceledger.services.subject_requests import get_request
 
     r = get_request(c.services(), request_id)
-    emit(r, as_json, _pretty(r))
+    emit(r, as_json, pretty(r))
 
 
 @sar_group.command("find")
@@ -188,7 +182,7 @@ def sar_answer(c: Ctx, request_id: int, subject_ids: tuple[int, ...], nothing_he
     if bool(subject_ids) == nothing_held:
         raise errors.InvalidRequest("give --subject-id (one or more) or --nothing-held")
     r = answer(c.services(), request_id, list(subject_ids))
-    emit(r, as_json, _pretty(r["answer"]))
+    emit(r, as_json, pretty(r["answer"]))
 
 
 @sar_group.command("erase")
@@ -222,7 +216,7 @@ def keys_status(c: Ctx, as_json: bool) -> None:
     from faceledger.services.keys import status
 
     r = status(c.services())
-    emit(r, as_json, _pretty(r))
+    emit(r, as_json, pretty(r))
 
 
 @keys_group.command("rotate")

@@ -20,6 +20,14 @@ IndexBackendName = Literal["faiss-flat", "exact"]
 DecisionScoreName = Literal["auto", "raw"]
 
 
+def _json_value(text: str, kind: str) -> Any:
+    """A setting given as JSON, or a ValueError that says what is wrong with it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not a valid JSON {kind}: {exc.msg}") from exc
+
+
 def _jurisdiction_code(code: str) -> str:
     """An ISO 3166 code as settings take it (``gb`` -> ``GB``, ``US-IL``), or ValueError."""
     key = code.strip().upper()
@@ -142,10 +150,7 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             text = v.strip()
             if text.startswith("["):
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"is not a valid JSON list: {exc.msg}") from exc
+                return _json_value(text, "list")
             return [part for part in text.split(",") if part.strip()]
         return v
 
@@ -155,10 +160,7 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             text = v.strip()
             if text.startswith("{"):
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"is not a valid JSON object: {exc.msg}") from exc
+                return _json_value(text, "object")
             out: dict[str, Any] = {}
             for part in filter(None, (p.strip() for p in text.split(","))):
                 code, sep, days = part.partition("=")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 
 from faceledger.faults import crash_point
 from faceledger.governance import audit
@@ -36,8 +36,6 @@ def _reseal_table(svc: Services, cipher: DataCipher, model: Any, pk: tuple[str, 
         with svc.writes.begin() as session:
             query = select(*keys, col).order_by(*keys).limit(CHUNK)
             if last is not None:
-                from sqlalchemy import tuple_
-
                 query = query.where(tuple_(*keys) > tuple_(*last))
             rows = session.execute(query).all()
             if not rows:

@@ -194,7 +194,7 @@ def _subject_brief(session: Any, s: Subject) -> dict[str, Any]:
 def photo_search(svc: Services, request_id: int, data: bytes) -> dict[str, Any]:
     """Search a photo the person chose to give, in memory only: the candidates go to the
     steward; only the photo's SHA-256 and the candidates' ids are kept."""
-    from faceledger.services.search import _ranked_subjects
+    from faceledger.services.search import _ranked_subjects, _searched_gallery
 
     svc.require_writable()
     now = svc.clock.now()
@@ -215,12 +215,8 @@ def photo_search(svc: Services, request_id: int, data: bytes) -> dict[str, Any]:
     del faces
     with svc.runtime.gallery_lock.write():
         svc.gallery.refresh()
-    with svc.sessions() as session:
-        from sqlalchemy import func
-
-        templates = int(session.scalar(select(func.count(Template.id))
-                                       .where(Template.expires_at > now)) or 0)
-    threshold = svc.search_threshold(max(templates, 1))
+    # The threshold for the gallery searched, counted as a search counts it.
+    threshold = svc.search_threshold(max(_searched_gallery(svc, sources, now).templates, 1))
     with svc.runtime.gallery_lock.read():
         ranked = _ranked_subjects(svc, face, sources, now, svc.settings.top_k,
                                   threshold) or []
@@ -249,17 +245,15 @@ def _searches_of(session: Any, template_ids: set[int], required: int) -> list[di
 
     out = []
     for record in session.scalars(select(SearchRecord).order_by(SearchRecord.id)):
-        for n, face in enumerate(record.result.get("faces", [])):
-            for cand in face.get("candidates", []):
-                tid = cand.get("template_id")
-                if tid not in template_ids:
-                    continue
-                reviews = list(session.scalars(select(Review).where(
-                    Review.search_id == record.id, Review.face == n,
-                    Review.template_id == tid)))
-                out.append({"search_id": record.id, "at": record.at.isoformat(),
-                            "purpose": record.purpose,
-                            "outcome": _state(reviews, required).state})
+        hits = [(n, cand["template_id"]) for n, face in enumerate(record.result.get("faces", []))
+                for cand in face.get("candidates", []) if cand.get("template_id") in template_ids]
+        if not hits:
+            continue
+        reviews = list(session.scalars(select(Review).where(Review.search_id == record.id)))
+        for n, tid in hits:
+            mine = [r for r in reviews if r.face == n and r.template_id == tid]
+            out.append({"search_id": record.id, "at": record.at.isoformat(),
+                        "purpose": record.purpose, "outcome": _state(mine, required).state})
     return out
 
 

@@ -94,12 +94,16 @@ def test_a_damaged_index_file_is_rebuilt(tmp_path: Path, lfw: Path, damage: str)
     new_store(home)
     names = lfw_people(lfw, 3)
     ok_json(home, "enroll", "custody", str(gallery_folder(lfw, names, tmp_path / "a")))
-    index_file = home / "index.faiss"
+    index_dir = home / "index"
+
+    parts = iter(["seg-*.bin", "manifest.json", "seg-*.bin"])
 
     def spoil() -> None:
-        raw = index_file.read_bytes()
-        index_file.write_bytes({"truncate": raw[: len(raw) // 2], "empty": b"",
-                                "garbage": os.urandom(len(raw))}[damage])
+        # In turn a segment file, the manifest, a segment file again.
+        f = next(index_dir.glob(next(parts)))
+        raw = f.read_bytes()
+        f.write_bytes({"truncate": raw[: len(raw) // 2], "empty": b"",
+                       "garbage": os.urandom(len(raw))}[damage])
 
     spoil()
     proc = run(home, "search", str(_img(lfw, names[0], 2)), "--purpose", "investigation",

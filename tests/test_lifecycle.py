@@ -452,8 +452,8 @@ def test_templates_crops_images_and_index_are_sealed(store: tuple[Path, list[str
     assert not _leaks(files, {j[100:132] for j in jpegs})
     original = _img(lfw, names[0]).read_bytes()
     assert all(original[1000:1032] not in f for f in files.values())
-    index = next(v for k, v in files.items() if k.startswith("index."))
-    assert MAGIC in index
+    segments = [v for k, v in files.items() if k.startswith("index/seg-")]
+    assert segments and all(seg.startswith(MAGIC) for seg in segments)
     # No key, no store: a clear refusal, not garbage.
     keys = _keys_dir(home)
     keys.rename(keys.with_name("elsewhere"))
@@ -492,8 +492,8 @@ def test_key_rotation_reseals_everything_and_resumes(store: tuple[Path, list[str
             "SELECT jpeg FROM thumbnails")} == {new}
     for f in (home / "images").iterdir():
         assert sealed_key_id(f.read_bytes()) == new
-    index = next(p for p in home.iterdir() if p.name.startswith("index."))
-    assert bytes.fromhex(new) in index.read_bytes()
+    segments = list((home / "index").glob("seg-*.bin"))
+    assert segments and {sealed_key_id(f.read_bytes()) for f in segments} == {new}
     # Still searchable, under the new key alone.
     assert _search(home, _img(lfw, names[0], 2))[0]["subject"] == names[0]
     assert os.stat(_keys_dir(home) / "data").st_mode & 0o077 == 0

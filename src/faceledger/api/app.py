@@ -125,7 +125,8 @@ class Warmup:
                 from faceledger.services.erasure import resume_erasures
 
                 resume_erasures(self.svc)  # one a crash interrupted finishes first
-                _ = self.svc.gallery
+                with self.svc.runtime.gallery_lock.write():
+                    self.svc.gallery.index.warm()  # e.g. the PQ codes, before any search
             _ = self.svc.pipeline
             self.ready.set()
         except errors.FaceledgerError as exc:

@@ -25,6 +25,26 @@ class Hits:
     scores: NDArray[np.float32]
 
 
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """The ids a filtered search may return (sorted, unique): applied inside the backend's
+    search (FAISS: an ID selector), so a rare purpose is not found by scanning ever deeper
+    candidate lists. ``bitmap`` is the same set as bits (bit ``i`` of byte ``i // 8``,
+    least significant first), for backends that test membership per vector."""
+
+    ids: NDArray[np.int64]
+
+    @classmethod
+    def of(cls, ids: NDArray[np.int64]) -> Allowed:
+        return cls(np.unique(np.asarray(ids, dtype=np.int64)))
+
+    def bitmap(self) -> NDArray[np.uint8]:
+        size = int(self.ids[-1]) + 1 if len(self.ids) else 1
+        bits = np.zeros(size, dtype=bool)
+        bits[self.ids] = True
+        return np.packbits(bits, bitorder="little")
+
+
 class VectorIndex(Protocol):
     dim: int
 
@@ -36,11 +56,18 @@ class VectorIndex(Protocol):
         """Remove ids for real (they can never be returned again); returns how many went."""
         ...
 
-    def search(self, queries: NDArray[np.float32], k: int) -> Hits:
-        """The k most similar vectors to each query (n, dim), best first."""
+    def search(self, queries: NDArray[np.float32], k: int, allowed: Allowed | None = None
+               ) -> Hits:
+        """The k most similar vectors to each query (n, dim), best first; with
+        ``allowed``, among those ids only."""
         ...
 
     def count(self) -> int: ...
+
+    def warm(self) -> None:
+        """Build now whatever the first search would build (a server's warm-up calls it;
+        a one-off CLI command never pays for it)."""
+        ...
 
     def ids(self) -> NDArray[np.int64]:
         """Every id held, sorted ascending."""

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 from numpy.typing import NDArray
 
-from faceledger.index.base import Hits, check_vectors, empty_hits
+from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits
 
 
 class ExactIndex:
@@ -34,20 +34,28 @@ class ExactIndex:
         self._vectors = self._vectors[keep]
         return removed
 
-    def search(self, queries: NDArray[np.float32], k: int) -> Hits:
+    def search(self, queries: NDArray[np.float32], k: int, allowed: Allowed | None = None
+               ) -> Hits:
         queries = check_vectors(queries, self.dim)
         hits = empty_hits(len(queries), k)
-        n = len(self._ids)
+        ids, vectors = self._ids, self._vectors
+        if allowed is not None:
+            keep = np.isin(ids, allowed.ids)
+            ids, vectors = ids[keep], vectors[keep]
+        n = len(ids)
         if n == 0 or k <= 0:
             return hits
-        scores = queries @ self._vectors.T
+        scores = queries @ vectors.T
         take = min(k, n)
         top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
         for row in range(len(queries)):
             order = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
-            hits.ids[row, :take] = self._ids[order]
+            hits.ids[row, :take] = ids[order]
             hits.scores[row, :take] = scores[row, order]
         return hits
+
+    def warm(self) -> None:
+        """Nothing to build: exact search."""
 
     def count(self) -> int:
         return len(self._ids)

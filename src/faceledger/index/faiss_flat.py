@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from faceledger.index.base import Hits, check_vectors, empty_hits
+from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits
 
 
 class FaissFlatIndex:
@@ -23,27 +23,47 @@ class FaissFlatIndex:
         self._faiss: Any = faiss
         self.dim = dim
         self._index: Any = _index or faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # Ids only grow (the records never reuse one): an add above every id ever held
+        # needs no duplicate check against the whole index.
+        self._max_id = int(self.ids()[-1]) if self._index.ntotal else -1
 
     def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
         vectors = check_vectors(vectors, self.dim)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) != len(vectors):
             raise ValueError("ids and vectors differ in length")
-        if np.intersect1d(ids, self.ids()).size or len(np.unique(ids)) != len(ids):
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("an id is already in the index")
+        if not len(ids):
+            return
+        if int(ids.min()) <= self._max_id and np.isin(ids, self.ids()).any():
             raise ValueError("an id is already in the index")
         self._index.add_with_ids(vectors, ids)
+        self._max_id = max(self._max_id, int(ids.max()))
 
     def remove(self, ids: NDArray[np.int64]) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         return int(self._index.remove_ids(ids))
 
-    def search(self, queries: NDArray[np.float32], k: int) -> Hits:
+    def search(self, queries: NDArray[np.float32], k: int, allowed: Allowed | None = None
+               ) -> Hits:
         queries = check_vectors(queries, self.dim)
-        if self.count() == 0 or k <= 0:
+        if self.count() == 0 or k <= 0 or (allowed is not None and not len(allowed.ids)):
             return empty_hits(len(queries), k)
-        scores, ids = self._index.search(queries, k)
+        if allowed is None:
+            scores, ids = self._index.search(queries, k)
+        else:
+            # IndexIDMap2 hands the selector our ids; IndexFlat then computes only the
+            # selected rows' scores (a bit test per row, no pass over the others' vectors).
+            bitmap = allowed.bitmap()
+            selector = self._faiss.IDSelectorBitmap(len(bitmap), self._faiss.swig_ptr(bitmap))
+            params = self._faiss.SearchParameters(sel=selector)
+            scores, ids = self._index.search(queries, k, params=params)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return Hits(ids=ids.astype(np.int64), scores=scores)
+
+    def warm(self) -> None:
+        """Nothing to build: exact search."""
 
     def count(self) -> int:
         return int(self._index.ntotal)
@@ -53,17 +73,12 @@ class FaissFlatIndex:
 
     def vectors(self, ids: NDArray[np.int64]) -> NDArray[np.float32]:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        held = self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
         if not ids.size:
             return np.zeros((0, self.dim), dtype=np.float32)
-        inner = self._faiss.downcast_index(self._index.index)
-        stored = self._faiss.vector_to_array(inner.codes).view(np.float32)
-        stored = stored.reshape(-1, self.dim)
-        order = np.argsort(held, kind="stable")
-        pos = np.searchsorted(held[order], ids)
-        if np.any(pos >= len(held)) or np.any(held[order][np.minimum(pos, len(held) - 1)] != ids):
-            raise KeyError("an id is not in the index")
-        return np.array(stored[order[pos]], dtype=np.float32)
+        try:  # by id, through IndexIDMap2's reverse map: no pass over the whole index
+            return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+        except RuntimeError as exc:
+            raise KeyError(f"an id is not in the index: {exc}") from exc
 
     def to_bytes(self) -> bytes:
         return bytes(self._faiss.serialize_index(self._index).tobytes())

@@ -10,14 +10,26 @@ rebuilt from it. How the two are kept in agreement (docs/reliability.md):
   process (a second CLI command, a server) reach this one without a restart.
 * Template ids are never reused (AUTOINCREMENT), so a replayed ``remove`` can never hit
   someone else's template, and an ``add`` of an id no longer in the records is skipped.
-* The index file is faceledger's own container: a JSON header (format, backend, space,
-  dimension, count, the log ``seq`` it reflects, SHA-256 of the payload) and the backend's
-  bytes. It is written to a unique temporary file, fsynced, and renamed over the old one,
-  under an inter-process lock (``index.lock``), after catching up with the log inside
-  the lock, so a save never loses another process's changes and two saves never mix.
-* A file that cannot be used (missing, truncated, garbage, checksum mismatch, another
+* **Persistence is segmented and incremental** (issue 11). The folder ``index/`` holds one
+  file per *segment*, a fixed range of ``SPAN`` template ids (segment ``n`` holds the ids
+  ``n*SPAN .. n*SPAN+SPAN-1`` that are in the gallery), and ``manifest.json``: the format,
+  space, dimension, the log ``seq`` the files reflect, and each segment's file name and
+  count. A segment file is the ids and float32 vectors, sealed (AES-GCM, which also
+  authenticates it) as one blob. A save writes only the segments that changed since this
+  process last saved (enrolment touches the newest segment, an erasure the segments of
+  the erased ids), each to a new uniquely named file, fsynced; then the new manifest
+  replaces the old one by an atomic rename; then the files no manifest names any more are
+  deleted: an erased template's old segment file is gone once its erasure is saved, and
+  a crash before that leaves it for the next open (under the lock) to delete. Enrolling
+  one face into a 10M gallery rewrites one segment (at most ``SPAN`` templates, 16 MiB at
+  256-d), never the whole index. All of it happens under an inter-process lock
+  (``index.lock``), after catching up with the log inside the lock, so a save never loses
+  another process's changes and two saves never mix.
+* Opening reads the manifest and the segments it names and replays the log after its
+  ``seq``; it reads no template id from the records, only their count.
+* A file that cannot be used (missing, truncated, garbage, failing its seal, another
   space or dimension, an older format) is never fatal: the index is rebuilt from the
-  records (logged) and the file replaced. ``rebuild`` never reads the old file.
+  records (logged) and the files replaced. ``rebuild`` never reads the old files.
 * :meth:`Gallery.check` compares the index with the records by id *and by content*
   (every vector), and repairs what differs.
 """
@@ -26,15 +38,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,22 +55,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from faceledger import errors
 from faceledger.faults import crash_point
-from faceledger.index.base import Hits, VectorIndex
-from faceledger.index.factory import index_from_bytes, index_path, new_index
+from faceledger.index.base import Allowed, Hits, VectorIndex
+from faceledger.index.factory import new_index
 from faceledger.store.models import GalleryChange, Template
 from faceledger.store.sealing import DataCipher
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"FACELEDGER-INDEX\n"
-FORMAT = 2
-_HEADER_MAX = 64 * 1024
+FORMAT = 3
+INDEX_DIR = "index"
+MANIFEST = "manifest.json"
+# Template ids per segment file: 16,384 x 256-d float32 = 16 MiB. A save rewrites the
+# segments it touched, so this bounds what one enrolment or one subject's erasure writes.
+SPAN = 16_384
+_SEGMENT_MAGIC = b"FLSEG1\n\0"
+_LEGACY_FILES = ("index.faiss", "index.npz")  # format 2: one file, rewritten whole
 _IN_CHUNK = 5000
 ORPHAN_GRACE_S = 600
 
 
 class IndexFileError(ValueError):
-    """The index file cannot be used; the records rebuild it."""
+    """The index files cannot be used; the records rebuild them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +91,45 @@ class ReconcileReport:
     orphan_images_deleted: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SaveReport:
+    """What the last save wrote: segment files written, files deleted, bytes written."""
+
+    segments_written: int = 0
+    files_deleted: int = 0
+    bytes_written: int = 0
+
+
 def vector_from_bytes(raw: bytes, dim: int) -> NDArray[np.float32]:
     vec = np.frombuffer(raw, dtype="<f4")
     if vec.shape != (dim,):
         raise ValueError(f"stored template has {vec.size} values, expected {dim}")
     return vec.astype(np.float32)
+
+
+def encode_segment(ids: NDArray[np.int64], vectors: NDArray[np.float32],
+                   sources: NDArray[np.int32]) -> bytes:
+    """A segment's plaintext: magic, count (uint64), ids (int64), vectors (float32), each
+    template's source id (int32), little-endian."""
+    return b"".join((_SEGMENT_MAGIC, len(ids).to_bytes(8, "little"),
+                     np.ascontiguousarray(ids, dtype="<i8").tobytes(),
+                     np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+                     np.ascontiguousarray(sources, dtype="<i4").tobytes()))
+
+
+def decode_segment(plain: bytes, dim: int
+                   ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32]]:
+    head = len(_SEGMENT_MAGIC) + 8
+    if plain[:len(_SEGMENT_MAGIC)] != _SEGMENT_MAGIC or len(plain) < head:
+        raise ValueError("not a segment")
+    n = int.from_bytes(plain[len(_SEGMENT_MAGIC):head], "little")
+    if len(plain) != head + n * (8 + dim * 4 + 4):
+        raise ValueError("segment length does not match its count")
+    ids = np.frombuffer(plain, dtype="<i8", count=n, offset=head).astype(np.int64)
+    vecs = np.frombuffer(plain, dtype="<f4", count=n * dim, offset=head + n * 8)
+    sources = np.frombuffer(plain, dtype="<i4", count=n, offset=head + n * (8 + dim * 4))
+    return (ids, vecs.reshape(n, dim).astype(np.float32, copy=False),
+            sources.astype(np.int32))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -87,6 +138,29 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_durably(path: Path, parts: list[bytes], partial_point: str | None = None) -> int:
+    """Write a new file (0600) and fsync it; returns its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for n, part in enumerate(parts):
+                if partial_point and n == len(parts) - 1:
+                    fh.write(part[:len(part) // 2])
+                    fh.flush()
+                    crash_point(partial_point)
+                    fh.write(part[len(part) // 2:])
+                else:
+                    fh.write(part)
+                size += len(part)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return size
 
 
 class Gallery:
@@ -98,19 +172,31 @@ class Gallery:
         self._dim = dim
         self._space = space
         self._sessions = sessions
-        self._path = index_path(home, backend)
+        self._dir = home / INDEX_DIR
         self.index: VectorIndex = new_index(backend, dim)
         self.applied_seq = 0  # the last gallery_changes row reflected in self.index
-        self.saved_seq = -1  # the seq of the file on disk as this process last knew it
+        self.saved_seq = -1  # the seq of the files on disk as this process last knew it
         self.last_reconcile = ReconcileReport()
+        self.last_save = SaveReport()
+        # The ids held, per segment (sorted): membership without asking the backend, and
+        # what a segment's file must hold. 8 bytes a template.
+        self._segments: dict[int, NDArray[np.int64]] = {}
+        self._sources: dict[int, NDArray[np.int32]] = {}  # each held id's source, aligned
+        self._dirty: set[int] = set()  # segments changed since this process last saved
+        self._version = 0  # counts changes: the filtered-search cache's key
+        self._allowed_cache: tuple[tuple[frozenset[int], int], Allowed] | None = None
+        self._rewrite_all = True  # nothing saved by this process yet from a full state
 
     @property
     def path(self) -> Path:
-        return self._path
+        """The index folder (segment files and their manifest)."""
+        return self._dir
 
     def use_cipher(self, cipher: DataCipher) -> None:
-        """Seal the next saves under another key (``keys rotate``)."""
+        """Seal the next saves under another key (``keys rotate``): every segment is
+        re-sealed at the next save."""
         self._cipher = cipher
+        self._rewrite_all = True
 
     @property
     def images_dir(self) -> Path:
@@ -127,19 +213,86 @@ class Gallery:
         finally:
             os.close(fd)  # releases the lock
 
+    # --- membership, kept per segment --------------------------------------------------------
+    def _held(self, ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+        mask = np.zeros(len(ids), dtype=bool)
+        segs = ids // SPAN
+        for seg in np.unique(segs):
+            held = self._segments.get(int(seg))
+            if held is not None:
+                where = segs == seg
+                mask[where] = np.isin(ids[where], held, assume_unique=True)
+        return mask
+
+    def _add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32],
+             sources: NDArray[np.int32]) -> int:
+        """Add templates not yet held (with their source ids); returns how many."""
+        if not len(ids):
+            return 0
+        order = np.argsort(ids, kind="stable")
+        ids, vectors, sources = ids[order], vectors[order], sources[order]
+        new = ~self._held(ids)
+        ids, vectors, sources = ids[new], vectors[new], sources[new]
+        if not len(ids):
+            return 0
+        self.index.add(ids, vectors)
+        segs = ids // SPAN
+        for seg in np.unique(segs):
+            key = int(seg)
+            where = segs == seg
+            held = self._segments.get(key)
+            if held is None:
+                self._segments[key], self._sources[key] = ids[where], sources[where]
+            else:
+                both = np.concatenate([held, ids[where]])
+                order = np.argsort(both, kind="stable")
+                self._segments[key] = both[order]
+                self._sources[key] = np.concatenate([self._sources[key], sources[where]])[order]
+            self._dirty.add(key)
+        self._version += 1
+        return len(ids)
+
+    def _remove(self, ids: NDArray[np.int64]) -> int:
+        """Remove those of ``ids`` that are held; returns how many went."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = ids[self._held(ids)]
+        if not len(ids):
+            return 0
+        removed = self.index.remove(ids)
+        segs = ids // SPAN
+        for seg in np.unique(segs):
+            key = int(seg)
+            keep = ~np.isin(self._segments[key], ids[segs == seg], assume_unique=True)
+            if keep.any():
+                self._segments[key] = self._segments[key][keep]
+                self._sources[key] = self._sources[key][keep]
+            else:
+                del self._segments[key], self._sources[key]
+            self._dirty.add(key)
+        self._version += 1
+        return removed
+
+    def _reset(self) -> None:
+        self.index = new_index(self._backend, self._dim)
+        self._segments = {}
+        self._sources = {}
+        self._dirty = set()
+        self._rewrite_all = True
+        self._version += 1
+
     # --- opening ---------------------------------------------------------------------------
     def open(self) -> None:
-        """Load the index file (or rebuild it from the records if it cannot be used), then
-        catch up with the change log; save if anything changed."""
+        """Load the index files (or rebuild them from the records if they cannot be used),
+        then catch up with the change log; save if anything changed."""
         with self._lock():
-            self._remove_stale_temp_files()
             try:
                 self._load()
                 report = ReconcileReport()
             except IndexFileError as exc:
-                if self._path.exists():
-                    log.warning("index file %s not usable (%s): rebuilding it from the "
-                                "records", self._path, exc)
+                if (self._dir / MANIFEST).exists() or any(
+                        (self._home / name).exists() for name in _LEGACY_FILES):
+                    log.warning("index files in %s not usable (%s): rebuilding them from "
+                                "the records", self._dir, exc)
                 report = ReconcileReport(rebuilt=True, reason=str(exc))
                 self._rebuild_in_memory()
             added, removed = self._replay()
@@ -155,58 +308,87 @@ class Gallery:
                                          report.rebuilt, report.reason)
             if report.rebuilt or added or removed or self.saved_seq != self.applied_seq:
                 self._save_locked()
+            else:
+                self._delete_unreferenced(self._read_manifest())
         orphans = self._delete_orphan_images()
         self.last_reconcile = ReconcileReport(added, removed, report.replaced, report.rebuilt,
                                               report.reason, orphans)
         if added or removed:
             log.info("index caught up with the records: %d added, %d removed", added, removed)
 
+    def _read_manifest(self) -> dict[str, Any] | None:
+        """The manifest on disk if it is this gallery's (format, space, dimension), else
+        None."""
+        try:
+            manifest = json.loads((self._dir / MANIFEST).read_bytes())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("segments"), dict):
+            return None
+        expect = {"format": FORMAT, "space": self._space, "dim": self._dim, "span": SPAN}
+        if any(manifest.get(k) != v for k, v in expect.items()):
+            return None
+        return manifest
+
     def _load(self) -> None:
-        try:
-            with self._path.open("rb") as fh:
-                magic = fh.read(len(MAGIC))
-                if magic != MAGIC:
-                    raise IndexFileError("not a faceledger index file of this format "
-                                         "(missing, older or damaged)")
-                header_len = int.from_bytes(fh.read(4), "big")
-                if not 0 < header_len <= _HEADER_MAX:
-                    raise IndexFileError("damaged header")
-                header = json.loads(fh.read(header_len))
-                payload = fh.read()
-        except FileNotFoundError as exc:
-            raise IndexFileError("no index file yet") from exc
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise IndexFileError(f"unreadable: {exc}") from exc
-        if not isinstance(header, dict):
-            raise IndexFileError("damaged header")
-        expect = {"format": FORMAT, "backend": self._backend, "space": self._space,
-                  "dim": self._dim}
-        for key, want in expect.items():
-            if header.get(key) != want:
-                raise IndexFileError(f"{key} is {header.get(key)!r}, expected {want!r}")
-        if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-            raise IndexFileError("checksum mismatch (truncated or damaged)")
-        try:
-            payload = self._cipher.open(payload, "index")
-        except errors.StoreCorrupt as exc:
-            raise IndexFileError(str(exc)) from exc
-        try:
-            index = index_from_bytes(self._backend, payload, self._dim)
-        except ValueError as exc:
-            raise IndexFileError(str(exc)) from exc
-        if index.count() != header.get("count"):
-            raise IndexFileError("count does not match the header")
-        seq = header.get("seq")
+        path = self._dir / MANIFEST
+        if not path.exists():
+            raise IndexFileError("no index files yet (or only an older format's)")
+        manifest = self._read_manifest()
+        if manifest is None:
+            raise IndexFileError("the manifest is damaged, or of another format, space or "
+                                 "dimension")
+        seq = manifest.get("seq")
         if not isinstance(seq, int) or seq < 0 or seq > self._log_head():
             raise IndexFileError("its change-log position is not this store's")
-        self.index = index
+        self._reset()
+        entries = manifest["segments"]
+        try:
+            for key in sorted(entries, key=int):
+                seg, entry = int(key), entries[key]
+                try:
+                    blob = (self._dir / str(entry["file"])).read_bytes()
+                    ids, vecs, srcs = decode_segment(self._cipher.open(blob, "index"),
+                                                     self._dim)
+                except errors.StoreCorrupt as exc:
+                    raise IndexFileError(f"segment {seg}: {exc}") from exc
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    raise IndexFileError(f"segment {seg}: {exc}") from exc
+                if (len(ids) != entry.get("count") or not len(ids)
+                        or np.any(ids // SPAN != seg) or np.any(np.diff(ids) <= 0)):
+                    raise IndexFileError(f"segment {seg} does not hold what the manifest "
+                                         "says")
+                self.index.add(ids, vecs)
+                self._segments[seg], self._sources[seg] = ids, srcs
+        except BaseException:
+            self._reset()
+            raise
+        self._dirty = set()
+        self._rewrite_all = False
         self.applied_seq = self.saved_seq = seq
 
-    def _remove_stale_temp_files(self) -> None:
-        # Under the lock no one else is writing: any temporary file is a crashed save's.
-        for tmp in self._home.glob(f".{self._path.name}.*.tmp"):
+    def _delete_unreferenced(self, manifest: dict[str, Any] | None) -> int:
+        """Delete what no manifest names: segment files of older generations (an erased
+        template's old copy among them), a crashed save's files, an older format's file.
+        Only under the lock, where no one else is writing."""
+        keep = {MANIFEST} | ({str(e.get("file")) for e in manifest["segments"].values()
+                              if isinstance(e, dict)} if manifest else set())
+        deleted = 0
+        if self._dir.is_dir():
+            for f in self._dir.iterdir():
+                if f.name not in keep:
+                    f.unlink(missing_ok=True)
+                    deleted += 1
+        for name in _LEGACY_FILES:
+            legacy = self._home / name
+            if legacy.exists() and manifest is not None:
+                legacy.unlink()
+                deleted += 1
+                log.info("removed %s (an older format's index file, now in %s/)", name,
+                         INDEX_DIR)
+        for tmp in self._home.glob(".index.*.tmp"):  # an older format's crashed save
             tmp.unlink(missing_ok=True)
-            log.info("removed %s, left by an interrupted index save", tmp.name)
+        return deleted
 
     # --- the records -----------------------------------------------------------------------
     def _log_head(self) -> int:
@@ -223,25 +405,25 @@ class Gallery:
         return np.sort(np.fromiter(rows, dtype=np.int64))
 
     def _vectors(self, session: Session, ids: NDArray[np.int64]
-                 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """The records' vectors for those of ``ids`` that exist in this space."""
-        found: dict[int, NDArray[np.float32]] = {}
+                 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32]]:
+        """The records' vectors (and source ids) for those of ``ids`` that exist in this
+        space, by id."""
+        found: dict[int, tuple[NDArray[np.float32], int]] = {}
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = [int(i) for i in ids[start:start + _IN_CHUNK]]
-            for tid, raw in session.execute(
-                select(Template.id, Template.vector)
+            for tid, raw, src in session.execute(
+                select(Template.id, Template.vector, Template.source_id)
                 .where(Template.id.in_(chunk), Template.space == self._space)
             ):
-                found[int(tid)] = vector_from_bytes(self._cipher.open(raw, "template"),
-                                                    self._dim)
+                found[int(tid)] = (vector_from_bytes(self._cipher.open(raw, "template"),
+                                                     self._dim), int(src))
         keys = np.asarray(sorted(found), dtype=np.int64)
-        vecs = (np.stack([found[int(k)] for k in keys]) if len(keys)
+        vecs = (np.stack([found[int(k)][0] for k in keys]) if len(keys)
                 else np.zeros((0, self._dim), dtype=np.float32))
-        return keys, vecs
+        return keys, vecs, np.asarray([found[int(k)][1] for k in keys], dtype=np.int32)
 
     def _replay(self) -> tuple[int, int]:
         """Apply the change log after ``applied_seq``. Returns (added, removed)."""
-        added = removed = 0
         with self._sessions() as session:
             rows = session.execute(
                 select(GalleryChange.seq, GalleryChange.template_id, GalleryChange.op)
@@ -253,28 +435,23 @@ class Gallery:
             # once and removed at most once, in that order.
             adds = {int(t) for _, t, o in rows if o == "add"}
             removes = {int(t) for _, t, o in rows if o == "remove"}
-            held = set(self.index.ids().tolist())
-            gone = np.asarray(sorted(removes & held), dtype=np.int64)
-            if gone.size:
-                removed = self.index.remove(gone)
-            want = np.asarray(sorted(adds - removes - held), dtype=np.int64)
+            removed = self._remove(np.asarray(sorted(removes), dtype=np.int64))
+            want = np.asarray(sorted(adds - removes), dtype=np.int64)
+            want = want[~self._held(want)]
+            added = 0
             if want.size:
-                ids, vecs = self._vectors(session, want)  # skips ids erased since
-                if ids.size:
-                    self.index.add(ids, vecs)
-                    added = int(ids.size)
+                added = self._add(*self._vectors(session, want))  # skips ids erased since
             self.applied_seq = int(rows[-1][0])
         return added, removed
 
     def _rebuild_in_memory(self) -> None:
-        fresh = new_index(self._backend, self._dim)
+        self._reset()
         with self._sessions() as session:
             head = int(session.scalar(select(func.max(GalleryChange.seq))) or 0)
             ids = self._template_ids(session)
-            if ids.size:
-                ids, vecs = self._vectors(session, ids)
-                fresh.add(ids, vecs)
-        self.index = fresh
+            for start in range(0, len(ids), SPAN):
+                self._add(*self._vectors(session, ids[start:start + SPAN]))
+        self._rewrite_all = True
         self.applied_seq = head
 
     # --- public operations -------------------------------------------------------------------
@@ -283,15 +460,14 @@ class Gallery:
         return self._replay()
 
     def rebuild(self) -> int:
-        """Rebuild from the records alone (the old file is never read) and save."""
+        """Rebuild from the records alone (the old files are never read) and save."""
         with self._lock():
-            self._remove_stale_temp_files()
             self._rebuild_in_memory()
             self._save_locked()
         return self.index.count()
 
     def save(self) -> None:
-        """Catch up with the log, then write the file atomically, under the lock."""
+        """Catch up with the log, then write what changed, under the lock."""
         with self._lock():
             self._save_locked()
 
@@ -314,20 +490,15 @@ class Gallery:
             wrong: list[int] = []
             for start in range(0, len(common), _IN_CHUNK):
                 chunk = common[start:start + _IN_CHUNK]
-                ids, want = self._vectors(session, chunk)
+                ids, want, _ = self._vectors(session, chunk)
                 have = self.index.vectors(ids)
                 bad = np.any(np.abs(have - want) > 1e-6, axis=1)
                 wrong.extend(int(i) for i in ids[bad])
             if repair:
-                if extra.size:
-                    self.index.remove(extra)
-                stale = np.asarray(wrong, dtype=np.int64)
-                if stale.size:
-                    self.index.remove(stale)
-                fill = np.union1d(missing, stale).astype(np.int64)
+                self._remove(np.union1d(extra, np.asarray(wrong, dtype=np.int64)))
+                fill = np.union1d(missing, np.asarray(wrong, dtype=np.int64)).astype(np.int64)
                 if fill.size:
-                    ids, vecs = self._vectors(session, fill)
-                    self.index.add(ids, vecs)
+                    self._add(*self._vectors(session, fill))
         if missing.size or extra.size or wrong:
             log.warning("index and records differed: %d missing, %d extra, %d with other "
                         "content%s", missing.size, extra.size, len(wrong),
@@ -336,31 +507,47 @@ class Gallery:
 
     def _save_locked(self) -> None:
         self._replay()
-        payload = self._cipher.seal(self.index.to_bytes(), "index")
-        header = json.dumps({
-            "format": FORMAT, "backend": self._backend, "space": self._space,
-            "dim": self._dim, "count": self.index.count(), "seq": self.applied_seq,
-            "sha256": hashlib.sha256(payload).hexdigest(),
-        }, sort_keys=True).encode()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp",
-                                        dir=self._home)  # unique, 0600
-        tmp = Path(tmp_name)
+        on_disk = None if self._rewrite_all else self._read_manifest()
+        if on_disk is None:  # a first save, a rebuild, a new key, or files not usable
+            entries: dict[str, Any] = {}
+            todo = set(self._segments)
+        else:
+            entries = dict(on_disk["segments"])
+            # Another process may have saved since; what this one changed, it writes.
+            todo = set(self._dirty)
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        written = size = 0
+        for seg in sorted(todo):
+            ids = self._segments.get(seg)
+            if ids is None:
+                entries.pop(str(seg), None)
+                continue
+            blob = self._cipher.seal(encode_segment(ids, self.index.vectors(ids),
+                                                    self._sources[seg]), "index")
+            name = f"seg-{seg:08d}-{secrets.token_hex(6)}.bin"
+            size += _write_durably(self._dir / name, [blob],
+                                   partial_point="index.save.partial" if not written else None)
+            entries[str(seg)] = {"file": name, "count": len(ids)}
+            written += 1
+        manifest = {"format": FORMAT, "space": self._space, "dim": self._dim, "span": SPAN,
+                    "seq": self.applied_seq, "count": self.index.count(),
+                    "backend_hint": self._backend,
+                    "segments": dict(sorted(entries.items(), key=lambda kv: int(kv[0])))}
+        tmp = self._dir / f".manifest.{secrets.token_hex(6)}.tmp"
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(MAGIC)
-                fh.write(len(header).to_bytes(4, "big"))
-                fh.write(header)
-                crash_point("index.save.partial")
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_durably(tmp, [json.dumps(manifest, indent=1).encode()])
             crash_point("index.save.before_rename")
-            os.replace(tmp, self._path)
+            os.replace(tmp, self._dir / MANIFEST)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self._home)
+        _fsync_dir(self._dir)
+        self._dirty = set()
+        self._rewrite_all = False
         self.saved_seq = self.applied_seq
+        crash_point("index.save.after_rename")
+        deleted = self._delete_unreferenced(manifest)
+        self.last_save = SaveReport(written, deleted, size)
 
     def _delete_orphan_images(self) -> int:
         if not self.images_dir.is_dir():
@@ -380,5 +567,28 @@ class Gallery:
         return orphans
 
     # --- search ------------------------------------------------------------------------------
-    def search(self, queries: NDArray[np.float32], k: int) -> Hits:
-        return self.index.search(queries, k)
+    def allowed(self, sources: frozenset[int]) -> Allowed:
+        """The ids of the templates held from ``sources`` (cached until the next change)."""
+        key = (sources, self._version)
+        if self._allowed_cache is None or self._allowed_cache[0] != key:
+            wanted = np.asarray(sorted(sources), dtype=np.int32)
+            parts = [ids[np.isin(self._sources[seg], wanted)]
+                     for seg, ids in self._segments.items()]
+            self._allowed_cache = (key, Allowed(np.sort(np.concatenate(parts)) if parts
+                                                else np.zeros(0, dtype=np.int64)))
+        return self._allowed_cache[1]
+
+    def eligible_count(self, sources: frozenset[int] | None) -> int:
+        """How many templates a search over ``sources`` (None: all) can reach."""
+        return self.index.count() if sources is None else len(self.allowed(sources).ids)
+
+    def search(self, queries: NDArray[np.float32], k: int,
+               sources: frozenset[int] | None = None) -> Hits:
+        """The k best templates per query; with ``sources``, among those sources'
+        templates only, filtered inside the index search."""
+        if sources is None:
+            return self.index.search(queries, k)
+        allowed = self.allowed(sources)
+        if len(allowed.ids) == self.index.count():  # every template is eligible
+            return self.index.search(queries, k)
+        return self.index.search(queries, k, allowed)

@@ -131,14 +131,15 @@ def _ranked_subjects(svc: Services, face: Face, sources: dict[int, Source], now:
     them (or every one), or all of those scoring at least ``floor``. None if ``need`` could
     not be met within ``limit`` templates."""
     gallery = svc.gallery
-    total = gallery.index.count()
+    eligible = frozenset(sources)
+    total = gallery.eligible_count(eligible)  # the sources' templates, filtered in the index
     if total == 0:
         return []
     cap = total if limit is None else min(total, limit)
     k = min(cap, max(50, 4 * need))
     query = face.embedding.reshape(1, -1)
     while True:
-        hits = gallery.search(query, k)
+        hits = gallery.search(query, k, eligible)
         scores = {int(i): float(s) for i, s in zip(hits.ids[0], hits.scores[0], strict=True)
                   if i >= 0}
         # Re-check every hit against the records: erased, expired, out-of-purpose or

@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from faceledger.vision.embedder_names import EmbedderName
 
-DetectorName = Literal["hog", "cnn", "hog+cnn"]
-IndexBackendName = Literal["faiss-flat", "exact"]
+DetectorName = Literal["hog", "cnn", "hog+cnn", "yunet"]
+IndexBackendName = Literal["faiss-flat", "faiss-pq-refine", "exact"]
 DecisionScoreName = Literal["auto", "raw"]
 
 
@@ -52,7 +52,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file in `home`."
     )
-    index_backend: IndexBackendName = "faiss-flat"
+    index_backend: IndexBackendName = Field(
+        default="faiss-flat",
+        description="faiss-flat (exact search, the default), faiss-pq-refine (PQ fast-scan "
+                    "candidates re-ranked exactly: for galleries of ~1M templates and more, "
+                    "served by a long-running server; docs/performance.md), or exact (NumPy, "
+                    "the reference).")
 
     embedder: EmbedderName = Field(
         default="dlib+sface",
@@ -60,8 +65,9 @@ class Settings(BaseSettings):
                     "store's templates are all of one; changing it needs a re-enrolment.")
     detector: DetectorName = Field(
         default="hog+cnn",
-        description="hog, cnn, or hog+cnn: HOG, and the CNN only when HOG finds no face "
-                    "(on at most 0.5 Mpixel: ~1 s). The default.")
+        description="hog, cnn, hog+cnn (the default: HOG, and the CNN only when HOG finds "
+                    "no face, on at most 0.5 Mpixel: ~1 s), or yunet (OpenCV Zoo's YuNet "
+                    "alone: frontal, profile and small faces; ~0.5 s for a 12 Mpixel photo).")
     upsample: int = Field(default=1, ge=0, le=3, description="Detector upsampling passes.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)

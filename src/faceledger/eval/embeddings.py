@@ -3,8 +3,9 @@
 Exactly the product's pipeline for the given settings (detector, embedder). The cache
 (``.npz``) holds, per image (path relative to the root): the embedding of its labelled
 face, how many faces were found, and which detector found it (``hog``; ``cnn`` when HOG
-found none and the CNN fallback of the default ``hog+cnn`` did; or ``none``). Keyed by the
-pipeline settings and the embedding space: a cache from anything else is not reused.
+found none and the CNN fallback of the default ``hog+cnn`` did; ``yunet`` with detector
+``yunet``; or ``none``). Keyed by the pipeline settings and the embedding space: a cache
+from anything else is not reused.
 
 Which face is "the" face of an LFW image: LFW's labelled person is the face centred in the
 250x250 image (the dataset was cut around a Viola-Jones detection of that face), so the
@@ -78,7 +79,7 @@ def _init(config: PipelineConfig) -> None:
     _state["pipeline"] = build_pipeline(config)
 
 
-FOUND_BY = {"dlib-hog": "hog", "dlib-cnn-mmod": "cnn"}
+FOUND_BY = {"dlib-hog": "hog", "dlib-cnn-mmod": "cnn", "opencv-yunet": "yunet"}
 
 
 def _one(path: str) -> tuple[str, NDArray[np.float32] | None, int, str]:

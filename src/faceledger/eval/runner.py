@@ -60,7 +60,8 @@ def lfw_pairs(pairs: Path, train: Path | None, images: Path, out: Path, cache_di
     at = cache.lookup()
     how = [str(cache.found_by[at[p]]) for p in sorted(needed)]
     result["images"] = len(needed)
-    result["faces_found_by"] = {k: how.count(k) for k in ("hog", "cnn", "none")}
+    kinds = ("hog", "cnn", "none") + (("yunet",) if "yunet" in how else ())
+    result["faces_found_by"] = {k: how.count(k) for k in kinds}
     result["no_face_policy"] = (
         "HOG found no face -> the CNN detector is tried; if neither finds one, the pair "
         f"scores {lfw_eval.NO_FACE_SCORE} (a non-match)")

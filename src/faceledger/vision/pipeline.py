@@ -12,11 +12,17 @@ import numpy as np
 
 from faceledger import errors
 from faceledger.vision.align import FivePointAligner
-from faceledger.vision.detect import CnnDetector, FaceDetector, FallbackDetector, HogDetector
+from faceledger.vision.detect import (
+    CnnDetector,
+    FaceDetector,
+    FallbackDetector,
+    HogDetector,
+    YunetDetector,
+)
 from faceledger.vision.embed import FaceEmbedder
 from faceledger.vision.embedders import build_embedder
 from faceledger.vision.imaging import DecodedImage, ImageLimits, decode_image
-from faceledger.vision.models import ModelFile, verified_copy
+from faceledger.vision.models import ModelFile, verified_bytes, verified_copy
 from faceledger.vision.quality import QualityRules, measure
 from faceledger.vision.types import Box, Embedding, Quality
 
@@ -56,7 +62,9 @@ class StageTimes:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    """``embedder``: a name from ``vision.embedders``; ``threads`` > 0 caps the threads a
+    """``detector``: ``hog``, ``cnn``, ``hog+cnn`` (HOG, then the CNN only when HOG finds
+    nothing) or ``yunet`` (OpenCV Zoo's YuNet alone; ``upsample`` does not apply to it).
+    ``embedder``: a name from ``vision.embedders``; ``threads`` > 0 caps the threads a
     model may use in this process (ingest workers use 1 each)."""
 
     detector: str = "hog+cnn"
@@ -169,9 +177,11 @@ def build_pipeline(config: PipelineConfig) -> FacePipeline:
             detector = FallbackDetector(
                 HogDetector(config.upsample),
                 CnnDetector(path, config.upsample, max_pixels=FALLBACK_CNN_MAX_PIXELS))
+    elif config.detector == "yunet":
+        detector = YunetDetector(verified_bytes(ModelFile.YUNET), threads=config.threads)
     else:
         raise errors.ConfigError(
-            f"unknown detector {config.detector!r}; use 'hog', 'cnn' or 'hog+cnn'")
+            f"unknown detector {config.detector!r}; use 'hog', 'cnn', 'hog+cnn' or 'yunet'")
     with verified_copy(ModelFile.LANDMARKS_5) as path:
         aligner = FivePointAligner(path)
     return FacePipeline(detector, aligner, build_embedder(config.embedder, config.threads),

@@ -124,6 +124,37 @@ class Model:
         t /= np.linalg.norm(t, axis=1, keepdims=True)
         return t
 
+    def chunks(self, n: int, rng: np.random.Generator, mated: int, step: int = 200_000
+               ) -> tuple[Any, F32]:
+        """A gallery of ``n`` drawn ``step`` templates at a time (never held whole), and
+        the centres of ``mated`` of its identities (for mated probes)."""
+        keep = np.empty((0, DIM), dtype=np.float32)
+
+        def gen() -> Any:
+            nonlocal keep
+            done = 0
+            while done < n:
+                counts = np.minimum(rng.choice(self.counts, size=step), 50)
+                cum = np.cumsum(counts)
+                n_id = int(np.searchsorted(cum, min(step, n - done)) + 1)
+                counts = counts[:n_id]
+                counts[-1] -= int(cum[n_id - 1] - min(step, n - done))
+                centres = self.centres(n_id, rng)
+                if not len(keep):
+                    keep = centres[rng.choice(n_id, size=mated, replace=False)]
+                chunk = self.templates(np.repeat(centres, counts, axis=0), rng)
+                yield chunk
+                done += len(chunk)
+
+        it = gen()
+        first = next(it)
+
+        def all_chunks() -> Any:
+            yield first
+            yield from it
+
+        return all_chunks(), keep
+
     def gallery(self, n: int, rng: np.random.Generator) -> tuple[F32, NDArray[np.int64], F32]:
         counts = np.minimum(rng.choice(self.counts, size=n), 50)
         cum = np.cumsum(counts)
@@ -247,6 +278,28 @@ def build_ivf_sq8(x: F32, rng: np.random.Generator, k_factor: float
     return idx, dt, struct / n, nlist
 
 
+def build_pq_refine(x: F32) -> tuple[Any, float]:
+    """The product's own approximate backend (faceledger.index.faiss_pq)."""
+    from faceledger.index.faiss_pq import FaissPQRefineIndex
+
+    t = time.perf_counter()
+    idx = FaissPQRefineIndex(DIM, train_at=0, min_candidates=0)
+    idx.add(np.arange(len(x), dtype=np.int64), x)
+    idx.warm()  # train + encode, as a server's warm-up does
+    return idx, time.perf_counter() - t
+
+
+class _Adapter:
+    """FAISS's search signature over a faceledger VectorIndex."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+
+    def search(self, q: F32, k: int) -> tuple[Any, Any]:
+        hits = self.index.search(q, k)
+        return hits.scores, hits.ids
+
+
 def single_probe(index: Any, probes: F32, threads: int) -> tuple[dict[str, float], NDArray[Any]]:
     faiss.omp_set_num_threads(threads)
     for q in probes[:10]:
@@ -279,16 +332,20 @@ def recall(approx: NDArray[Any], exact: NDArray[Any], mated: int) -> dict[str, f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--probes", type=int, default=200)
+    ap.add_argument("--stream-sizes", type=int, nargs="*", default=[],
+                    help="sizes drawn in chunks into the PQ backend only (exact + PQ rows)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 256, 1024, 2048])
     ap.add_argument("--k-factor", type=float, default=8.0)
+    ap.add_argument("--pq-k-factor", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--hnsw-budget-s", type=float, default=420.0,
                     help="stop adding to HNSW when the projected build exceeds this")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["flat", "shards", "hnsw", "ivf"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["flat", "shards", "hnsw", "ivf", "pq"])
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/faceledger/eval")
     ap.add_argument("--embed", type=int, default=400,
                     help="LFW images to embed when no cache holds the default space")
@@ -401,6 +458,19 @@ def main() -> None:
                           "bytes_per_template": bpt, "build_s": bt,
                           "k_factor": args.k_factor})
             del iv
+        if "pq" not in args.skip:
+            faiss.omp_set_num_threads(max(threads))
+            pq, bt = build_pq_refine(gallery)
+            bpt = 4 * DIM + 8 + DIM // 4 + 8  # full vectors + ids, 4-bit codes + ids
+            for kf in args.pq_k_factor:
+                pq.k_factor = kf
+                for th in threads:
+                    lat, got = single_probe(_Adapter(pq), probes, th)
+                    emit({"n": n, "index": f"PQ{DIM // 2}x4fs+refine k_factor={kf} "
+                          "(faiss-pq-refine)", "threads": th, **lat,
+                          **recall(got, exact, half), "bytes_per_template": bpt,
+                          "build_s": bt, "k_factor": kf})
+            del pq
 
     if args.real_check:
         # the same indexes over the real LFW gallery and over a synthetic one of its size
@@ -419,6 +489,47 @@ def main() -> None:
                              model.templates(model.centres(half, rng), rng)])
         print("--- synthetic gallery of the same size")
         suite(len(sgal), sgal, np.ascontiguousarray(sprobes), half, [1], "synthetic")
+        save()
+
+    for n in args.stream_sizes:
+        # Too large to hold twice: drawn in chunks straight into the product's PQ backend,
+        # whose exact store gives the ground truth and the exact rows.
+        from faceledger.index.faiss_pq import FaissPQRefineIndex
+
+        faiss.omp_set_num_threads(max(args.threads))
+        half = args.probes // 2
+        tg = time.perf_counter()
+        chunks, centres = model.chunks(n, rng, half)
+        pq = FaissPQRefineIndex(DIM, train_at=0, min_candidates=0)
+        start = 0
+        for chunk in chunks:
+            pq.add(np.arange(start, start + len(chunk), dtype=np.int64), chunk)
+            start += len(chunk)
+        t_add = time.perf_counter() - tg
+        mated = model.templates(centres, rng)
+        fresh = model.templates(model.centres(args.probes - half, rng), rng)
+        probes = np.ascontiguousarray(np.vstack([mated, fresh]), dtype=np.float32)
+        flat = pq._flat._index
+        _, exact = flat.search(probes, K)
+        print(f"--- N = {n:,} (streamed): drawn and added in {t_add:.0f} s", flush=True)
+        for th in args.threads:
+            lat, got = single_probe(flat, probes, th)
+            emit_row({"gallery": "synthetic", "n": n, "index": "exact flat (faiss-flat)",
+                      "threads": th, **lat, **recall(got, exact, half),
+                      "bytes_per_template": 4 * DIM + 8, "build_s": t_add})
+        tb = time.perf_counter()
+        pq.warm()
+        bt = time.perf_counter() - tb
+        for kf in args.pq_k_factor:
+            pq.k_factor = kf
+            for th in args.threads:
+                lat, got = single_probe(_Adapter(pq), probes, th)
+                emit_row({"gallery": "synthetic", "n": n,
+                          "index": f"PQ{DIM // 2}x4fs+refine k_factor={kf} (faiss-pq-refine)",
+                          "threads": th, **lat, **recall(got, exact, half),
+                          "bytes_per_template": 4 * DIM + 8 + DIM // 4 + 8, "build_s": bt,
+                          "k_factor": kf})
+        del pq, flat
         save()
 
     for n in args.sizes:

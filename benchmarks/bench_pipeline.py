@@ -7,6 +7,7 @@ table and writes JSON to benchmarks/results/. Reports medians: the machines are 
     --enrol N      identities to enrol for the throughput/latency part (default 300)
     --searches N   probes to time (default 100)
     --embedder E   dlib+sface, dlib, or all (default all): each is timed in turn
+    --detector D.. detectors to time in turn (default hog+cnn; e.g. hog+cnn yunet)
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ def _data() -> Path:
     return Path(os.environ.get("FACELEDGER_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-def stage_times(n: int, embedder: str) -> dict[str, object]:
+def stage_times(n: int, embedder: str, detector: str) -> dict[str, object]:
     """Median per-image stage times; for a fused embedder, each model's share too."""
     from faceledger.vision.embed import FusedEmbedder
     from faceledger.vision.pipeline import PipelineConfig, StageTimes, build_pipeline
 
     lfw = _data() / "lfw"
     files = sorted(lfw.glob("*/*_0001.jpg"))[:n]
-    pipeline = build_pipeline(PipelineConfig(embedder=embedder))
+    pipeline = build_pipeline(PipelineConfig(embedder=embedder, detector=detector))
     parts = (pipeline.embedder.parts if isinstance(pipeline.embedder, FusedEmbedder)
              else [(pipeline.embedder, 1.0)])
     per: dict[str, list[float]] = {}
@@ -58,11 +59,12 @@ def stage_times(n: int, embedder: str) -> dict[str, object]:
             model.embed(image.pixels, aligned)
             per.setdefault(f"embed_per_face[{model.space.split('/')[0]}]", []).append(
                 (time.perf_counter() - t) * 1000 / len(aligned))
-    return {"embedder": embedder, "images": len(files), "faces": faces,
+    return {"embedder": embedder, "detector": detector, "images": len(files), "faces": faces,
             "median_ms": {k: round(statistics.median(v), 2) for k, v in per.items()}}
 
 
-def enrol_and_search(n_enrol: int, n_search: int, embedder: str) -> dict[str, object]:
+def enrol_and_search(n_enrol: int, n_search: int, embedder: str, detector: str
+                     ) -> dict[str, object]:
     from faceledger.clock import SystemClock
     from faceledger.config import Settings
     from faceledger.services.container import build_services
@@ -79,7 +81,8 @@ def enrol_and_search(n_enrol: int, n_search: int, embedder: str) -> dict[str, ob
         for d in people:
             (folder / d.name).mkdir(parents=True)
             (folder / d.name / f"{d.name}_0001.jpg").symlink_to(d / f"{d.name}_0001.jpg")
-        settings = Settings(home=Path(tmp) / "home", user="bench", embedder=embedder)
+        settings = Settings(home=Path(tmp) / "home", user="bench", embedder=embedder,
+                            detector=detector)  # type: ignore[arg-type]
         svc = build_services(settings, SystemClock(), create=True)
         add_source(svc, SourceSpec("bench", "consent", "BENCH", "GB", 30, ("investigation",),
                                    "bench"))
@@ -110,6 +113,8 @@ def main() -> None:
     ap.add_argument("--enrol", type=int, default=300)
     ap.add_argument("--searches", type=int, default=100)
     ap.add_argument("--embedder", default="all", choices=["all", "dlib+sface", "dlib"])
+    ap.add_argument("--detector", nargs="+", default=["hog+cnn"],
+                    choices=["hog+cnn", "hog", "cnn", "yunet"])
     args = ap.parse_args()
     import cv2
     import dlib
@@ -120,8 +125,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform(), "dlib": dlib.__version__,
                     "dlib_blas": bool(dlib.DLIB_USE_BLAS), "opencv": cv2.__version__},
-        "runs": [{"stages": stage_times(args.images, e),
-                  **enrol_and_search(args.enrol, args.searches, e)} for e in embedders],
+        "runs": [{"stages": stage_times(args.images, e, d),
+                  **enrol_and_search(args.enrol, args.searches, e, d)}
+                 for e in embedders for d in args.detector],
     }
     print(json.dumps(result, indent=2))
     out_dir = REPO / "benchmarks" / "results"

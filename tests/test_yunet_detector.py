@@ -144,8 +144,9 @@ def test_setting_and_unknown_names() -> None:
 
 
 def test_cli_in_a_fresh_process_with_yunet(lfw: Path, data: Path, tmp_path: Path) -> None:
-    """FACELEDGER_DETECTOR=yunet reaches the real command: enrol, then search a group photo
-    whose faces HOG cannot find."""
+    """FACELEDGER_DETECTOR=yunet reaches the real command: enrol, then search group photos
+    whose faces HOG cannot find (of 3faces.png's three, 16-20 px wide, only the one of at
+    least MIN_FACE_PX is searched; of linzaer_26.jpg's 77, the MAX_FACES largest)."""
     home = tmp_path / "home"
     procs.new_store(home)
     names = lfw_people(lfw, 3)
@@ -158,6 +159,29 @@ def test_cli_in_a_fresh_process_with_yunet(lfw: Path, data: Path, tmp_path: Path
                           "--case", "CASE-1", **env)
     assert [f["detector"] for f in found["faces"]] == ["opencv-yunet"]
     assert found["faces"][0]["candidates"][0]["subject"] == names[0]
-    group = procs.ok_json(home, "search", str(data / "groups" / "3faces.png"), "--purpose",
-                          "investigation", "--case", "CASE-1", **env)
-    assert len(group["faces"]) == 3
+    from faceledger.vision.pipeline import MAX_FACES, MIN_FACE_PX
+
+    for photo, expect in (("3faces.png", 1), ("linzaer_26.jpg", MAX_FACES)):
+        group = procs.ok_json(home, "search", str(data / "groups" / photo), "--purpose",
+                              "investigation", "--case", "CASE-1", **env)
+        assert len(group["faces"]) == expect
+        assert all(min(b[2] - b[0], b[3] - b[1]) >= MIN_FACE_PX
+                   for b in (f["box"] for f in group["faces"]))
+
+
+def test_a_crowd_photo_embeds_only_the_largest_faces(yunet_pipeline: FacePipeline,
+                                                     data: Path) -> None:
+    """groups/linzaer_17.jpg: YuNet finds hundreds of faces, most a few pixels wide; the
+    pipeline aligns and embeds only the MAX_FACES largest of at least MIN_FACE_PX."""
+    from faceledger.vision.pipeline import MAX_FACES, MIN_FACE_PX
+
+    image = yunet_pipeline.decode((data / "groups" / "linzaer_17.jpg").read_bytes())
+    found = yunet_pipeline.detector.detect(image.pixels)
+    big = sorted((d for d in found
+                  if min(d.box.x2 - d.box.x1, d.box.y2 - d.box.y1) >= MIN_FACE_PX),
+                 key=lambda d: d.box.area, reverse=True)
+    assert len(found) > 3 * MAX_FACES and len(big) > MAX_FACES
+    faces = yunet_pipeline.faces(image)
+    assert len(faces) == MAX_FACES
+    # The largest ones, in the original's coordinates (same image size here).
+    assert min(f.box.area for f in faces) >= big[MAX_FACES - 1].box.area * 0.8

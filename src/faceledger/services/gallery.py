@@ -43,10 +43,10 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,6 +61,7 @@ from faceledger.store.models import GalleryChange, Template
 from faceledger.store.sealing import DataCipher
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT = 3
 INDEX_DIR = "index"
@@ -93,11 +94,13 @@ class ReconcileReport:
 
 @dataclass(frozen=True, slots=True)
 class SaveReport:
-    """What the last save wrote: segment files written, files deleted, bytes written."""
+    """What the last save wrote: segment files written, files deleted, bytes written, and
+    how long it took (catching up with the log included)."""
 
     segments_written: int = 0
     files_deleted: int = 0
     bytes_written: int = 0
+    seconds: float = 0.0
 
 
 def vector_from_bytes(raw: bytes, dim: int) -> NDArray[np.float32]:
@@ -185,6 +188,7 @@ class Gallery:
         self._dirty: set[int] = set()  # segments changed since this process last saved
         self._version = 0  # counts changes: the filtered-search cache's key
         self._allowed_cache: tuple[tuple[frozenset[int], int], Allowed] | None = None
+        self._memo: dict[str, tuple[Hashable, object]] = {}
         self._rewrite_all = True  # nothing saved by this process yet from a full state
 
     @property
@@ -506,6 +510,7 @@ class Gallery:
         return ReconcileReport(int(missing.size), int(extra.size), len(wrong))
 
     def _save_locked(self) -> None:
+        started = time.perf_counter()
         self._replay()
         on_disk = None if self._rewrite_all else self._read_manifest()
         if on_disk is None:  # a first save, a rebuild, a new key, or files not usable
@@ -547,7 +552,7 @@ class Gallery:
         self.saved_seq = self.applied_seq
         crash_point("index.save.after_rename")
         deleted = self._delete_unreferenced(manifest)
-        self.last_save = SaveReport(written, deleted, size)
+        self.last_save = SaveReport(written, deleted, size, time.perf_counter() - started)
 
     def _delete_orphan_images(self) -> int:
         if not self.images_dir.is_dir():
@@ -577,6 +582,16 @@ class Gallery:
             self._allowed_cache = (key, Allowed(np.sort(np.concatenate(parts)) if parts
                                                 else np.zeros(0, dtype=np.int64)))
         return self._allowed_cache[1]
+
+    def memo(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, kept until ``key`` changes (one value per ``name``): for what
+        the services derive from the records at one change-log position."""
+        held = self._memo.get(name)
+        if held is not None and held[0] == key:
+            return cast(T, held[1])
+        value = compute()
+        self._memo[name] = (key, value)
+        return value
 
     def eligible_count(self, sources: frozenset[int] | None) -> int:
         """How many templates a search over ``sources`` (None: all) can reach."""

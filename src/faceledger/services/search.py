@@ -192,8 +192,23 @@ class SearchedGallery:
     subjects: int
 
 
+# The searched gallery's size changes with every enrolment and erasure (the change log's
+# position, which the gallery has caught up with before a search) and with expiry (time):
+# the count is kept for this long at one position. It decides the threshold; a count up
+# to this old overstates the gallery by the templates that expired meanwhile (a slightly
+# stricter threshold). Each search still re-checks every candidate's expiry.
+COUNT_TTL_S = 30
+
+
 def _searched_gallery(svc: Services, sources: dict[int, Source], now: datetime
                       ) -> SearchedGallery:
+    gallery = svc.gallery
+    key = (gallery.applied_seq, frozenset(sources), int(now.timestamp()) // COUNT_TTL_S)
+    return gallery.memo("searched_gallery", key, lambda: _count_searched(svc, sources, now))
+
+
+def _count_searched(svc: Services, sources: dict[int, Source], now: datetime
+                    ) -> SearchedGallery:
     with svc.sessions() as session:
         templates, subjects = session.execute(
             select(func.count(Template.id), func.count(distinct(Template.subject_id)))

@@ -10,11 +10,13 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -95,7 +97,16 @@ class Subject(Base):
 
 class Template(Base):
     __tablename__ = "templates"
-    __table_args__ = (UniqueConstraint("source_id", "image_sha256"), NEVER_REUSE_IDS)
+    __table_args__ = (
+        UniqueConstraint("source_id", "image_sha256"),
+        # Migration 0010: opening a large store counts and lists without a table scan.
+        Index("ix_templates_space", "space"),
+        Index("ix_templates_eligible", "space", "source_id", "expires_at", "subject_id"),
+        Index("ix_templates_stored_image", "stored_image",
+              sqlite_where=text("stored_image IS NOT NULL"),
+              postgresql_where=text("stored_image IS NOT NULL")),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject_id: Mapped[int] = mapped_column(

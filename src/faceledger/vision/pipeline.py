@@ -34,6 +34,15 @@ DOMINANCE_RATIO = 0.5
 # The CNN, as a fallback, sees at most this many pixels (after upsampling): ~1 s here.
 FALLBACK_CNN_MAX_PIXELS = 500_000
 
+# A crowd photo: YuNet finds 289 faces in groups/linzaer_17.jpg, most of them a few pixels
+# wide, and each costs ~30 ms to embed. Only the MAX_FACES largest detections at least
+# MIN_FACE_PX wide (on the working image) are aligned and embedded; a face smaller than
+# that carries too little for the models (the calibration was fitted on LFW faces of
+# ~100 px; enrolment refuses under 40 px). HOG never returns faces under ~37 px here, so
+# the default detector is unaffected. docs/performance.md, "YuNet detector".
+MAX_FACES = 32
+MIN_FACE_PX = 20
+
 
 @dataclass(frozen=True, slots=True)
 class Face:
@@ -106,6 +115,9 @@ class FacePipeline:
         times = times or StageTimes()
         with times.stage("detect"):
             detections = self.detector.detect(image.pixels)
+        detections = [d for d in detections
+                      if min(d.box.x2 - d.box.x1, d.box.y2 - d.box.y1) >= MIN_FACE_PX]
+        detections = sorted(detections, key=lambda d: d.box.area, reverse=True)[:MAX_FACES]
         if not detections:
             return []
         with times.stage("landmarks"):

@@ -202,3 +202,22 @@ def test_a_filtered_search_reaches_only_its_sources_templates(tmp_path: Path,
         assert not np.isin(gallery.search(queries, 50, frozenset({2})).ids, archive[:4]).any()
     finally:
         svc.close()
+
+
+def test_a_searchs_candidate_recheck_reads_by_primary_key(tmp_path: Path, lfw: Path) -> None:
+    """Regression (found by benchmarks/bench_gallery_ops.py): with 0008's full index on the
+    erasure mark, SQLite answered "not marked" (IS NULL: every subject) from it and scanned
+    all subjects to re-check a search's candidates, 0.8 s at 200k templates. The candidate
+    query must look up templates and subjects by primary key."""
+    from sqlalchemy.dialects import sqlite
+
+    from faceledger.services.search import candidate_rows
+
+    home, ids, _ = _store(tmp_path, lfw, 20_000)
+    query = candidate_rows([int(i) for i in ids[100:150]])
+    sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with sqlite3.connect(home / "faceledger.sqlite3") as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        found = db.execute(sql).fetchall()
+    assert len(found) == 50
+    assert plan and all("PRIMARY KEY" in step for step in plan), plan

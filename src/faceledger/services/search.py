@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import delete, distinct, func, select
+from sqlalchemy import Select, delete, distinct, func, select
 
 from faceledger import errors
 from faceledger.governance import audit
@@ -114,14 +114,19 @@ COHORT_FETCH_LIMIT = 50_000
 _IN_CHUNK = 5_000  # ids per SQL IN (SQLite allows 32,766 parameters)
 
 
+def candidate_rows(ids: list[int]) -> Select[tuple[Template, Subject]]:
+    """The records of a search's candidate templates, of subjects not being erased: by
+    primary key (tests/test_index_segments.py checks the plan on a large store)."""
+    return (select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
+            .where(Template.id.in_(ids), Subject.erasure_receipt_id.is_(None)))
+
+
 def _rows(svc: Services, ids: list[int]) -> list[tuple[Template, Subject]]:
     out: list[tuple[Template, Subject]] = []
     with svc.sessions() as session:
         for start in range(0, len(ids), _IN_CHUNK):
             out.extend((t, s) for t, s in session.execute(
-                select(Template, Subject).join(Subject, Template.subject_id == Subject.id)
-                .where(Template.id.in_(ids[start:start + _IN_CHUNK]),
-                       Subject.erasure_receipt_id.is_(None))))
+                candidate_rows(ids[start:start + _IN_CHUNK])))
     return out
 
 

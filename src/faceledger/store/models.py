@@ -74,7 +74,16 @@ class Source(Base):
 
 class Subject(Base):
     __tablename__ = "subjects"
-    __table_args__ = (UniqueConstraint("source_id", "external_ref"), NEVER_REUSE_IDS)
+    __table_args__ = (
+        UniqueConstraint("source_id", "external_ref"),
+        # Partial (migration 0010): only marked subjects are in it, so "not marked"
+        # (IS NULL) can never be answered from it. A full index let SQLite's planner scan
+        # every subject for a search's candidate re-check: 0.8 s at 200k templates.
+        Index("ix_subjects_erasure_receipt_id", "erasure_receipt_id",
+              sqlite_where=text("erasure_receipt_id IS NOT NULL"),
+              postgresql_where=text("erasure_receipt_id IS NOT NULL")),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="RESTRICT"))
@@ -86,8 +95,7 @@ class Subject(Base):
     # Set when an erasure covering this subject has started (services.erasure): from then
     # on no search, verify, subject-access answer or enrolment sees or adds to it, while
     # the erasure removes its templates chunk by chunk (resumed after a crash).
-    erasure_receipt_id: Mapped[int | None] = mapped_column(Integer, nullable=True,
-                                                           index=True)
+    erasure_receipt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     source: Mapped[Source] = relationship()
     templates: Mapped[list[Template]] = relationship(

@@ -96,3 +96,18 @@ def test_the_embedding_cache_never_mixes_spaces(tmp_path: Path) -> None:
     # Another embedder never shares the file.
     assert lfw_eval.cache_file(images, PipelineConfig(embedder="dlib+sface"),
                                cache_dir) != target
+
+
+def test_the_embedding_cache_keeps_which_detector_found_each_face(tmp_path: Path,
+                                                                  lfw: Path) -> None:
+    """Regression: the cache held found_by in 4 characters, so "yunet" came back "yune"
+    and the evaluation reports counted YuNet's faces as found by nothing."""
+    rel = ["Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abel_Pacheco/Abel_Pacheco_0001.jpg"]
+    cache = lfw_eval.cached_embeddings(lfw, rel, PipelineConfig(detector="yunet"),
+                                       tmp_path / "cache", 1)
+    assert cache.found_by.tolist() == ["yunet", "yunet"]
+    # A cache written by the old code reads back right too.
+    target = tmp_path / "old.npz"
+    EmbeddingCache("s", np.array(["c"]), np.ones((1, 2), np.float32),
+                   np.ones(1, dtype=np.int32), np.array(["yune"])).save(target)
+    assert EmbeddingCache.load(target).found_by.tolist() == ["yunet"]

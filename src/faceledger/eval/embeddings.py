@@ -38,7 +38,7 @@ _state: dict[str, FacePipeline] = {}
 @dataclass(frozen=True, slots=True)
 class EmbeddingCache:
     """``paths`` (n,), ``vectors`` (n, dim) float32 (NaN rows: no face), ``faces`` (n,),
-    ``found_by`` (n,) one of hog / cnn / none."""
+    ``found_by`` (n,) one of hog / cnn / yunet / none."""
 
     space: str
     paths: NDArray[np.str_]
@@ -63,7 +63,10 @@ class EmbeddingCache:
     @classmethod
     def load(cls, path: Path) -> EmbeddingCache:
         with np.load(path) as d:
-            return cls(str(d["space"]), d["paths"], d["vectors"], d["faces"], d["found_by"])
+            found_by = d["found_by"].astype(FOUND_BY_DTYPE)
+            # Caches written before the width was widened cut "yunet" to 4 characters.
+            found_by[found_by == "yune"] = "yunet"
+            return cls(str(d["space"]), d["paths"], d["vectors"], d["faces"], found_by)
 
 
 def centre_face(faces: list[Face], width: int, height: int) -> Face:
@@ -80,6 +83,7 @@ def _init(config: PipelineConfig) -> None:
 
 
 FOUND_BY = {"dlib-hog": "hog", "dlib-cnn-mmod": "cnn", "opencv-yunet": "yunet"}
+FOUND_BY_DTYPE = "<U8"  # wide enough for every value above (4 characters cut "yunet")
 
 
 def _one(path: str) -> tuple[str, NDArray[np.float32] | None, int, str]:
@@ -102,7 +106,7 @@ def embed_folder(root: Path, files: list[Path], config: PipelineConfig, workers:
     if not files:
         return EmbeddingCache(spec.space, np.array([], dtype=str),
                               np.zeros((0, spec.dim), dtype=np.float32),
-                              np.zeros(0, dtype=np.int32), np.array([], dtype="<U4"))
+                              np.zeros(0, dtype=np.int32), np.array([], dtype=FOUND_BY_DTYPE))
     ctx = mp.get_context("spawn")
     results: dict[str, tuple[NDArray[np.float32] | None, int, str]] = {}
     per_process = dataclasses.replace(config, threads=1)
@@ -112,7 +116,7 @@ def embed_folder(root: Path, files: list[Path], config: PipelineConfig, workers:
             results[path] = (vec, n, how)
     vectors = np.full((len(files), spec.dim), np.nan, dtype=np.float32)
     faces = np.zeros(len(files), dtype=np.int32)
-    found_by = np.empty(len(files), dtype="<U4")
+    found_by = np.empty(len(files), dtype=FOUND_BY_DTYPE)
     for i, f in enumerate(files):
         vec, n, how = results[str(f)]
         if vec is not None:

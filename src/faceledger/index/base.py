@@ -36,7 +36,7 @@ class Allowed:
 
     @classmethod
     def of(cls, ids: NDArray[np.int64]) -> Allowed:
-        return cls(np.unique(np.asarray(ids, dtype=np.int64)))
+        return cls(distinct(ids))
 
     def bitmap(self) -> NDArray[np.uint8]:
         size = int(self.ids[-1]) + 1 if len(self.ids) else 1
@@ -81,6 +81,20 @@ class VectorIndex(Protocol):
     def to_bytes(self) -> bytes:
         """The whole index, serialised (the owner writes it atomically, with a checksum)."""
         ...
+
+
+def distinct(values: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Sorted distinct values. ``np.unique`` is used nowhere on a hot path: in NumPy 2.4
+    it took 14 ms for 16,384 ids here against 0.7 ms for a sort and a mask, and opening
+    a 1M store checks 62 segments of that size (measured, issue 11)."""
+    out = np.sort(np.asarray(values, dtype=np.int64))
+    if len(out) > 1:
+        out = out[np.concatenate(([True], out[1:] != out[:-1]))]
+    return out
+
+
+def has_duplicates(values: NDArray[np.int64]) -> bool:
+    return len(distinct(values)) != len(values)
 
 
 def empty_hits(n: int, k: int) -> Hits:

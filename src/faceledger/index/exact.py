@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 from numpy.typing import NDArray
 
-from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits
+from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits, has_duplicates
 
 
 class ExactIndex:
@@ -22,7 +22,7 @@ class ExactIndex:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) != len(vectors):
             raise ValueError("ids and vectors differ in length")
-        if np.intersect1d(ids, self._ids).size or len(np.unique(ids)) != len(ids):
+        if has_duplicates(ids) or np.isin(ids, self._ids).any():
             raise ValueError("an id is already in the index")
         self._ids = np.concatenate([self._ids, ids])
         self._vectors = np.concatenate([self._vectors, vectors])

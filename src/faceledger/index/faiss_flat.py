@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits
+from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits, has_duplicates
 
 
 class FaissFlatIndex:
@@ -32,7 +32,7 @@ class FaissFlatIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) != len(vectors):
             raise ValueError("ids and vectors differ in length")
-        if len(np.unique(ids)) != len(ids):
+        if has_duplicates(ids):
             raise ValueError("an id is already in the index")
         if not len(ids):
             return

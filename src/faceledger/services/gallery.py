@@ -55,7 +55,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from faceledger import errors
 from faceledger.faults import crash_point
-from faceledger.index.base import Allowed, Hits, VectorIndex
+from faceledger.index.base import Allowed, Hits, VectorIndex, distinct
 from faceledger.index.factory import new_index
 from faceledger.store.models import GalleryChange, Template
 from faceledger.store.sealing import DataCipher
@@ -221,7 +221,7 @@ class Gallery:
     def _held(self, ids: NDArray[np.int64]) -> NDArray[np.bool_]:
         mask = np.zeros(len(ids), dtype=bool)
         segs = ids // SPAN
-        for seg in np.unique(segs):
+        for seg in distinct(segs):
             held = self._segments.get(int(seg))
             if held is not None:
                 where = segs == seg
@@ -241,7 +241,7 @@ class Gallery:
             return 0
         self.index.add(ids, vectors)
         segs = ids // SPAN
-        for seg in np.unique(segs):
+        for seg in distinct(segs):
             key = int(seg)
             where = segs == seg
             held = self._segments.get(key)
@@ -258,13 +258,13 @@ class Gallery:
 
     def _remove(self, ids: NDArray[np.int64]) -> int:
         """Remove those of ``ids`` that are held; returns how many went."""
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = distinct(ids)
         ids = ids[self._held(ids)]
         if not len(ids):
             return 0
         removed = self.index.remove(ids)
         segs = ids // SPAN
-        for seg in np.unique(segs):
+        for seg in distinct(segs):
             key = int(seg)
             keep = ~np.isin(self._segments[key], ids[segs == seg], assume_unique=True)
             if keep.any():

@@ -114,7 +114,7 @@ COHORT_FETCH_LIMIT = 50_000
 _IN_CHUNK = 5_000  # ids per SQL IN (SQLite allows 32,766 parameters)
 
 
-def candidate_rows(ids: list[int]) -> Select[tuple[Template, Subject]]:
+def candidate_rows(ids: list[int]) -> Select[Template, Subject]:
     """The records of a search's candidate templates, of subjects not being erased: by
     primary key (tests/test_index_segments.py checks the plan on a large store)."""
     return (select(Template, Subject).join(Subject, Template.subject_id == Subject.id)

@@ -43,7 +43,9 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -72,6 +74,7 @@ SPAN = 16_384
 _SEGMENT_MAGIC = b"FLSEG1\n\0"
 _LEGACY_FILES = ("index.faiss", "index.npz")  # format 2: one file, rewritten whole
 _IN_CHUNK = 5000
+_PREFETCH = 2  # segments read ahead while one is added (each ~32 MiB while held)
 ORPHAN_GRACE_S = 600
 
 
@@ -101,6 +104,9 @@ class SaveReport:
     files_deleted: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+
+
+_Segment = tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32]]
 
 
 def vector_from_bytes(raw: bytes, dim: int) -> NDArray[np.float32]:
@@ -347,29 +353,43 @@ class Gallery:
             raise IndexFileError("its change-log position is not this store's")
         self._reset()
         entries = manifest["segments"]
-        try:
-            for key in sorted(entries, key=int):
-                seg, entry = int(key), entries[key]
-                try:
-                    blob = (self._dir / str(entry["file"])).read_bytes()
-                    ids, vecs, srcs = decode_segment(self._cipher.open(blob, "index"),
-                                                     self._dim)
-                except errors.StoreCorrupt as exc:
-                    raise IndexFileError(f"segment {seg}: {exc}") from exc
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    raise IndexFileError(f"segment {seg}: {exc}") from exc
-                if (len(ids) != entry.get("count") or not len(ids)
-                        or np.any(ids // SPAN != seg) or np.any(np.diff(ids) <= 0)):
-                    raise IndexFileError(f"segment {seg} does not hold what the manifest "
-                                         "says")
-                self.index.add(ids, vecs)
-                self._segments[seg], self._sources[seg] = ids, srcs
-        except BaseException:
-            self._reset()
-            raise
+        order = sorted(entries, key=int)
+        # Reading and opening the next segments (file I/O and AES-GCM, which release the
+        # GIL) overlaps with adding this one to the index; at most _PREFETCH are held.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-load") as pool:
+            pending: deque[tuple[int, dict[str, Any], Future[_Segment]]] = deque()
+            try:
+                for key in order:
+                    pending.append((int(key), entries[key],
+                                    pool.submit(self._read_segment, int(key), entries[key])))
+                    if len(pending) < _PREFETCH and key != order[-1]:
+                        continue
+                    while pending and (len(pending) >= _PREFETCH or key == order[-1]):
+                        seg, entry, future = pending.popleft()
+                        ids, vecs, srcs = future.result()
+                        if (len(ids) != entry.get("count") or not len(ids)
+                                or np.any(ids // SPAN != seg) or np.any(np.diff(ids) <= 0)):
+                            raise IndexFileError(f"segment {seg} does not hold what the "
+                                                 "manifest says")
+                        self.index.add(ids, vecs)
+                        self._segments[seg], self._sources[seg] = ids, srcs
+            except BaseException:
+                for _, _, future in pending:
+                    future.cancel()
+                self._reset()
+                raise
         self._dirty = set()
         self._rewrite_all = False
         self.applied_seq = self.saved_seq = seq
+
+    def _read_segment(self, seg: int, entry: dict[str, Any]) -> _Segment:
+        try:
+            blob = (self._dir / str(entry["file"])).read_bytes()
+            return decode_segment(self._cipher.open(blob, "index"), self._dim)
+        except errors.StoreCorrupt as exc:
+            raise IndexFileError(f"segment {seg}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexFileError(f"segment {seg}: {exc}") from exc
 
     def _delete_unreferenced(self, manifest: dict[str, Any] | None) -> int:
         """Delete what no manifest names: segment files of older generations (an erased

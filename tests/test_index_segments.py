@@ -196,6 +196,15 @@ def test_a_filtered_search_reaches_only_its_sources_templates(tmp_path: Path,
         brute = queries @ vectors[9_000:].T
         for q in range(len(queries)):
             assert list(hits.ids[q]) == list(archive[np.argsort(-brute[q])[:20]])
+        # Most of the gallery eligible (custody, 90%): the same exact answer, by a deeper
+        # unfiltered search; only custody's templates, and its best by brute force.
+        custody = np.concatenate([np.array([1, 2]), ids[:9_000]])
+        wide = gallery.search(vectors[9_000:9_005], 20, frozenset({1}))
+        assert np.isin(wide.ids, custody).all()
+        held = gallery.index.vectors(custody)
+        for q in range(5):
+            best = custody[np.argsort(-(held @ vectors[9_000 + q]))[:20]]
+            assert list(wide.ids[q]) == list(best)
         # The cache follows changes: an erased archive template is no longer allowed.
         gallery._remove(archive[:4])
         assert gallery.eligible_count(frozenset({2})) == 996

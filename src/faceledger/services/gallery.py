@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from faceledger import errors
 from faceledger.faults import crash_point
-from faceledger.index.base import Allowed, Hits, VectorIndex, distinct
+from faceledger.index.base import Allowed, Hits, VectorIndex, distinct, empty_hits
 from faceledger.index.factory import new_index
 from faceledger.store.models import GalleryChange, Template
 from faceledger.store.sealing import DataCipher
@@ -624,6 +624,21 @@ class Gallery:
         if sources is None:
             return self.index.search(queries, k)
         allowed = self.allowed(sources)
-        if len(allowed.ids) == self.index.count():  # every template is eligible
+        held = self.index.count()
+        if len(allowed.ids) == held:  # every template is eligible
             return self.index.search(queries, k)
+        if len(allowed.ids) * 2 >= held and k > 0:
+            # Most are eligible: an unfiltered search a little deeper, then the eligible
+            # ones in order, is the same answer (anything eligible below the list scores
+            # lower than all of it) and keeps the backend's fast path (an approximate
+            # backend takes no selector). Too few eligible in the list: the filtered one.
+            depth = min(held, 2 * k + 10)
+            wide = self.index.search(queries, depth)
+            keep = np.isin(wide.ids, allowed.ids)
+            if bool((keep.sum(axis=1) >= min(k, len(allowed.ids))).all()):
+                out = empty_hits(len(queries), k)
+                for row in range(len(queries)):
+                    ids, scores = wide.ids[row][keep[row]][:k], wide.scores[row][keep[row]][:k]
+                    out.ids[row, :len(ids)], out.scores[row, :len(ids)] = ids, scores
+                return out
         return self.index.search(queries, k, allowed)

@@ -38,6 +38,14 @@ class Allowed:
     def of(cls, ids: NDArray[np.int64]) -> Allowed:
         return cls(distinct(ids))
 
+    def contains(self, ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which of ``ids`` are allowed (binary search: no pass over the allowed set)."""
+        if not len(self.ids):
+            return np.zeros(np.shape(ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        found: NDArray[np.bool_] = self.ids[pos] == ids
+        return found
+
     def bitmap(self) -> NDArray[np.uint8]:
         size = int(self.ids[-1]) + 1 if len(self.ids) else 1
         bits = np.zeros(size, dtype=bool)

@@ -634,7 +634,7 @@ class Gallery:
             # backend takes no selector). Too few eligible in the list: the filtered one.
             depth = min(held, 2 * k + 10)
             wide = self.index.search(queries, depth)
-            keep = np.isin(wide.ids, allowed.ids)
+            keep = allowed.contains(wide.ids)
             if bool((keep.sum(axis=1) >= min(k, len(allowed.ids))).all()):
                 out = empty_hits(len(queries), k)
                 for row in range(len(queries)):

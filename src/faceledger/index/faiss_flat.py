@@ -15,11 +15,18 @@ from numpy.typing import NDArray
 
 from faceledger.index.base import Allowed, Hits, check_vectors, empty_hits, has_duplicates
 
+# OpenMP threads for FAISS in this process. A search here is one probe at a time; FAISS
+# then splits the scan over its threads, and with 2 it was slower, not faster: exact search
+# of 1M templates took 97-129 ms with 2 threads against 57 ms with 1 on this 2-core machine,
+# quiet (issue 11). Concurrent probes are served by the server's worker processes instead.
+SEARCH_THREADS = 1
+
 
 class FaissFlatIndex:
     def __init__(self, dim: int, _index: Any = None) -> None:
         import faiss
 
+        faiss.omp_set_num_threads(SEARCH_THREADS)  # FAISS's own setting, per process
         self._faiss: Any = faiss
         self.dim = dim
         self._index: Any = _index or faiss.IndexIDMap2(faiss.IndexFlatIP(dim))

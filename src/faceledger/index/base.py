@@ -11,6 +11,7 @@ file, its checksum, atomic replacement, the inter-process lock) belongs to the o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -25,7 +26,7 @@ class Hits:
     scores: NDArray[np.float32]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # not slots: ``bitmap`` is computed once and kept
 class Allowed:
     """The ids a filtered search may return (sorted, unique): applied inside the backend's
     search (FAISS: an ID selector), so a rare purpose is not found by scanning ever deeper
@@ -46,6 +47,7 @@ class Allowed:
         found: NDArray[np.bool_] = self.ids[pos] == ids
         return found
 
+    @cached_property
     def bitmap(self) -> NDArray[np.uint8]:
         size = int(self.ids[-1]) + 1 if len(self.ids) else 1
         bits = np.zeros(size, dtype=bool)

@@ -62,7 +62,7 @@ class FaissFlatIndex:
         else:
             # IndexIDMap2 hands the selector our ids; IndexFlat then computes only the
             # selected rows' scores (a bit test per row, no pass over the others' vectors).
-            bitmap = allowed.bitmap()
+            bitmap = allowed.bitmap  # kept with the allowed set (the gallery caches it)
             selector = self._faiss.IDSelectorBitmap(len(bitmap), self._faiss.swig_ptr(bitmap))
             params = self._faiss.SearchParameters(sel=selector)
             scores, ids = self._index.search(queries, k, params=params)

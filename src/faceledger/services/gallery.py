@@ -126,8 +126,7 @@ def encode_segment(ids: NDArray[np.int64], vectors: NDArray[np.float32],
                      np.ascontiguousarray(sources, dtype="<i4").tobytes()))
 
 
-def decode_segment(plain: bytes, dim: int
-                   ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32]]:
+def decode_segment(plain: bytes, dim: int) -> _Segment:
     head = len(_SEGMENT_MAGIC) + 8
     if plain[:len(_SEGMENT_MAGIC)] != _SEGMENT_MAGIC or len(plain) < head:
         raise ValueError("not a segment")
@@ -149,27 +148,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, parts: list[bytes], partial_point: str | None = None) -> int:
-    """Write a new file (0600) and fsync it; returns its size."""
+def _write_durably(path: Path, data: bytes, partial_point: str | None = None) -> int:
+    """Write a new file (0600) and fsync it; returns its size. ``partial_point``: a crash
+    point reached with half of ``data`` written (the fault-injection tests)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    size = 0
     try:
         with os.fdopen(fd, "wb") as fh:
-            for n, part in enumerate(parts):
-                if partial_point and n == len(parts) - 1:
-                    fh.write(part[:len(part) // 2])
-                    fh.flush()
-                    crash_point(partial_point)
-                    fh.write(part[len(part) // 2:])
-                else:
-                    fh.write(part)
-                size += len(part)
+            if partial_point:
+                fh.write(data[:len(data) // 2])
+                fh.flush()
+                crash_point(partial_point)
+                data = data[len(data) // 2:]
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return size
+    return path.stat().st_size
 
 
 class Gallery:
@@ -193,7 +189,6 @@ class Gallery:
         self._sources: dict[int, NDArray[np.int32]] = {}  # each held id's source, aligned
         self._dirty: set[int] = set()  # segments changed since this process last saved
         self._version = 0  # counts changes: the filtered-search cache's key
-        self._allowed_cache: tuple[tuple[frozenset[int], int], Allowed] | None = None
         self._memo: dict[str, tuple[Hashable, object]] = {}
         self._rewrite_all = True  # nothing saved by this process yet from a full state
 
@@ -296,7 +291,7 @@ class Gallery:
         then catch up with the change log; save if anything changed."""
         with self._lock():
             try:
-                self._load()
+                manifest = self._load()
                 report = ReconcileReport()
             except IndexFileError as exc:
                 if (self._dir / MANIFEST).exists() or any(
@@ -319,7 +314,7 @@ class Gallery:
             if report.rebuilt or added or removed or self.saved_seq != self.applied_seq:
                 self._save_locked()
             else:
-                self._delete_unreferenced(self._read_manifest())
+                self._delete_unreferenced(manifest)
         orphans = self._delete_orphan_images()
         self.last_reconcile = ReconcileReport(added, removed, report.replaced, report.rebuilt,
                                               report.reason, orphans)
@@ -340,7 +335,8 @@ class Gallery:
             return None
         return manifest
 
-    def _load(self) -> None:
+    def _load(self) -> dict[str, Any]:
+        """Load the index from the manifest and its segments; returns the manifest."""
         path = self._dir / MANIFEST
         if not path.exists():
             raise IndexFileError("no index files yet (or only an older format's)")
@@ -353,26 +349,31 @@ class Gallery:
             raise IndexFileError("its change-log position is not this store's")
         self._reset()
         entries = manifest["segments"]
-        order = sorted(entries, key=int)
+        keys = iter(sorted(entries, key=int))
         # Reading and opening the next segments (file I/O and AES-GCM, which release the
         # GIL) overlaps with adding this one to the index; at most _PREFETCH are held.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-load") as pool:
             pending: deque[tuple[int, dict[str, Any], Future[_Segment]]] = deque()
-            try:
-                for key in order:
+
+            def read_next() -> None:
+                key = next(keys, None)
+                if key is not None:
                     pending.append((int(key), entries[key],
                                     pool.submit(self._read_segment, int(key), entries[key])))
-                    if len(pending) < _PREFETCH and key != order[-1]:
-                        continue
-                    while pending and (len(pending) >= _PREFETCH or key == order[-1]):
-                        seg, entry, future = pending.popleft()
-                        ids, vecs, srcs = future.result()
-                        if (len(ids) != entry.get("count") or not len(ids)
-                                or np.any(ids // SPAN != seg) or np.any(np.diff(ids) <= 0)):
-                            raise IndexFileError(f"segment {seg} does not hold what the "
-                                                 "manifest says")
-                        self.index.add(ids, vecs)
-                        self._segments[seg], self._sources[seg] = ids, srcs
+
+            try:
+                for _ in range(_PREFETCH):
+                    read_next()
+                while pending:
+                    seg, entry, future = pending.popleft()
+                    read_next()
+                    ids, vecs, srcs = future.result()
+                    if (len(ids) != entry.get("count") or not len(ids)
+                            or np.any(ids // SPAN != seg) or np.any(np.diff(ids) <= 0)):
+                        raise IndexFileError(f"segment {seg} does not hold what the manifest "
+                                             "says")
+                    self.index.add(ids, vecs)
+                    self._segments[seg], self._sources[seg] = ids, srcs
             except BaseException:
                 for _, _, future in pending:
                     future.cancel()
@@ -381,6 +382,7 @@ class Gallery:
         self._dirty = set()
         self._rewrite_all = False
         self.applied_seq = self.saved_seq = seq
+        return manifest
 
     def _read_segment(self, seg: int, entry: dict[str, Any]) -> _Segment:
         try:
@@ -550,17 +552,16 @@ class Gallery:
             blob = self._cipher.seal(encode_segment(ids, self.index.vectors(ids),
                                                     self._sources[seg]), "index")
             name = f"seg-{seg:08d}-{secrets.token_hex(6)}.bin"
-            size += _write_durably(self._dir / name, [blob],
+            size += _write_durably(self._dir / name, blob,
                                    partial_point="index.save.partial" if not written else None)
             entries[str(seg)] = {"file": name, "count": len(ids)}
             written += 1
         manifest = {"format": FORMAT, "space": self._space, "dim": self._dim, "span": SPAN,
                     "seq": self.applied_seq, "count": self.index.count(),
-                    "backend_hint": self._backend,
                     "segments": dict(sorted(entries.items(), key=lambda kv: int(kv[0])))}
         tmp = self._dir / f".manifest.{secrets.token_hex(6)}.tmp"
         try:
-            _write_durably(tmp, [json.dumps(manifest, indent=1).encode()])
+            _write_durably(tmp, json.dumps(manifest, indent=1).encode())
             crash_point("index.save.before_rename")
             os.replace(tmp, self._dir / MANIFEST)
         except BaseException:
@@ -594,14 +595,14 @@ class Gallery:
     # --- search ------------------------------------------------------------------------------
     def allowed(self, sources: frozenset[int]) -> Allowed:
         """The ids of the templates held from ``sources`` (cached until the next change)."""
-        key = (sources, self._version)
-        if self._allowed_cache is None or self._allowed_cache[0] != key:
+        def compute() -> Allowed:
             wanted = np.asarray(sorted(sources), dtype=np.int32)
-            parts = [ids[np.isin(self._sources[seg], wanted)]
-                     for seg, ids in self._segments.items()]
-            self._allowed_cache = (key, Allowed(np.sort(np.concatenate(parts)) if parts
-                                                else np.zeros(0, dtype=np.int64)))
-        return self._allowed_cache[1]
+            # Segments in id order, each sorted: the concatenation is sorted.
+            parts = [self._segments[seg][np.isin(self._sources[seg], wanted)]
+                     for seg in sorted(self._segments)]
+            return Allowed(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+
+        return self.memo("allowed", (sources, self._version), compute)
 
     def memo(self, name: str, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, kept until ``key`` changes (one value per ``name``): for what

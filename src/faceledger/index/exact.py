@@ -40,7 +40,7 @@ class ExactIndex:
         hits = empty_hits(len(queries), k)
         ids, vectors = self._ids, self._vectors
         if allowed is not None:
-            keep = np.isin(ids, allowed.ids)
+            keep = allowed.contains(ids)
             ids, vectors = ids[keep], vectors[keep]
         n = len(ids)
         if n == 0 or k <= 0:

@@ -116,7 +116,7 @@ class FacePipeline:
         with times.stage("detect"):
             detections = self.detector.detect(image.pixels)
         detections = [d for d in detections
-                      if min(d.box.x2 - d.box.x1, d.box.y2 - d.box.y1) >= MIN_FACE_PX]
+                      if min(d.box.width, d.box.height) >= MIN_FACE_PX]
         detections = sorted(detections, key=lambda d: d.box.area, reverse=True)[:MAX_FACES]
         if not detections:
             return []

@@ -7,7 +7,7 @@ table and writes JSON to benchmarks/results/. Reports medians: the machines are 
     --enrol N      identities to enrol for the throughput/latency part (default 300)
     --searches N   probes to time (default 100)
     --embedder E   dlib+sface, dlib, or all (default all): each is timed in turn
-    --detector D.. detectors to time in turn (default hog+cnn; e.g. hog+cnn yunet)
+    --detector D.. detectors to time in turn (default yunet; e.g. yunet hog+cnn)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -86,13 +87,29 @@ def enrol_and_search(n_enrol: int, n_search: int, embedder: str, detector: str
         svc = build_services(settings, SystemClock(), create=True)
         add_source(svc, SourceSpec("bench", "consent", "BENCH", "GB", 30, ("investigation",),
                                    "bench"))
+        done: list[float] = []
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        report = enrol(svc, "bench", folder)
+        report = enrol(svc, "bench", folder, progress=lambda _r: done.append(time.perf_counter()))
         elapsed = time.perf_counter() - start
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool has exited by now
         counts = report.counts()
+        n = max(1, counts["enrolled"])
+        # Steady state: from the 10th result to the last, without the workers' start-up
+        # (each loads the models) and the final index save.
+        steady = (len(done) - 10) / (done[-1] - done[9]) if len(done) > 20 else None
         out["enrol"] = {"files": len(people), "enrolled": counts["enrolled"],
                         "seconds": round(elapsed, 2),
                         "faces_per_second": round(counts["enrolled"] / elapsed, 2),
+                        "steady_faces_per_second": steady and round(steady, 2),
+                        "first_result_s": done and round(done[0] - start, 2),
+                        "main_cpu_ms_per_face": round(1000 * (
+                            cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / n, 1),
+                        "workers_cpu_ms_per_face": round(1000 * (
+                            kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime)
+                            / n, 1),
                         "workers": svc.settings.workers or os.cpu_count()}
         lat = []
         for d in people[:n_search]:
@@ -113,7 +130,7 @@ def main() -> None:
     ap.add_argument("--enrol", type=int, default=300)
     ap.add_argument("--searches", type=int, default=100)
     ap.add_argument("--embedder", default="all", choices=["all", "dlib+sface", "dlib"])
-    ap.add_argument("--detector", nargs="+", default=["hog+cnn"],
+    ap.add_argument("--detector", nargs="+", default=["yunet"],
                     choices=["hog+cnn", "hog", "cnn", "yunet"])
     args = ap.parse_args()
     import cv2

@@ -64,10 +64,11 @@ class Settings(BaseSettings):
         description="Face model(s): dlib+sface (fused, default) or dlib (dlib alone). A "
                     "store's templates are all of one; changing it needs a re-enrolment.")
     detector: DetectorName = Field(
-        default="hog+cnn",
-        description="hog, cnn, hog+cnn (the default: HOG, and the CNN only when HOG finds "
-                    "no face, on at most 0.5 Mpixel: ~1 s), or yunet (OpenCV Zoo's YuNet "
-                    "alone: frontal, profile and small faces; ~0.5 s for a 12 Mpixel photo).")
+        default="yunet",
+        description="yunet (the default: OpenCV Zoo's YuNet; frontal, profile and small "
+                    "faces, ~4 ms for an LFW image, ~0.5 s for a 12 Mpixel photo), hog, cnn, "
+                    "or hog+cnn (dlib's HOG, and its CNN only when HOG finds no face, on at "
+                    "most 0.5 Mpixel: ~1 s; the default before 2026-12).")
     upsample: int = Field(default=1, ge=0, le=3, description="Detector upsampling passes.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)

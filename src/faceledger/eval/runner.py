@@ -30,7 +30,8 @@ def _provenance(config: PipelineConfig) -> dict[str, Any]:
             "dlib_blas": bool(dlib.DLIB_USE_BLAS), "opencv": cv2.__version__,
             "embedder": config.embedder, "space": embedder_spec(config.embedder).space,
             "detector": config.detector, "upsample": config.upsample,
-            "no_face_fallback": "dlib-cnn-mmod", "face_choice": "nearest the image centre",
+            "no_face_fallback": "dlib-cnn-mmod" if config.detector == "hog+cnn" else None,
+            "face_choice": "nearest the image centre",
             "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 

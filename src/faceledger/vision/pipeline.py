@@ -39,7 +39,7 @@ FALLBACK_CNN_MAX_PIXELS = 500_000
 # MIN_FACE_PX wide (on the working image) are aligned and embedded; a face smaller than
 # that carries too little for the models (the calibration was fitted on LFW faces of
 # ~100 px; enrolment refuses under 40 px). HOG never returns faces under ~37 px here, so
-# the default detector is unaffected. docs/performance.md, "YuNet detector".
+# the HOG detectors are unaffected. docs/performance.md, "YuNet detector".
 MAX_FACES = 32
 MIN_FACE_PX = 20
 
@@ -71,12 +71,13 @@ class StageTimes:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    """``detector``: ``hog``, ``cnn``, ``hog+cnn`` (HOG, then the CNN only when HOG finds
-    nothing) or ``yunet`` (OpenCV Zoo's YuNet alone; ``upsample`` does not apply to it).
+    """``detector``: ``yunet`` (OpenCV Zoo's YuNet, the default; ``upsample`` does not
+    apply to it), ``hog``, ``cnn`` or ``hog+cnn`` (HOG, then the CNN only when HOG finds
+    nothing).
     ``embedder``: a name from ``vision.embedders``; ``threads`` > 0 caps the threads a
     model may use in this process (ingest workers use 1 each)."""
 
-    detector: str = "hog+cnn"
+    detector: str = "yunet"
     upsample: int = 1
     embedder: str = "dlib+sface"
     threads: int = 0

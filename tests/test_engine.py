@@ -277,9 +277,11 @@ def test_manifest_with_bad_rows(tmp_path: Path, lfw: Path, data: Path) -> None:
 @pytest.fixture(scope="module", params=["dlib+sface", "dlib"])
 def large(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           lfw: Path) -> Iterator[tuple[Services, list[str]]]:
-    """A gallery over the z-normalised score's minimum size (600 for dlib), per embedder."""
+    """A gallery over the z-normalised score's minimum size (600 for dlib), per embedder.
+    Of these 660 LFW photos YuNet refuses ~40 as holding several faces of similar size
+    (HOG, which misses most background faces, refused ~13 of 620)."""
     base = tmp_path_factory.mktemp("large")
-    names = lfw_people(lfw, 620, skip=100)
+    names = lfw_people(lfw, 660, skip=100)
     folder = gallery_folder(lfw, names, base / "in")
     svc = make_services(base / "home", workers=2, embedder=request.param)
     custody_source(svc)

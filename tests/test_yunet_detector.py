@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -143,15 +145,17 @@ def test_setting_and_unknown_names() -> None:
         build_pipeline(PipelineConfig(detector="retinaface"))
 
 
-def test_cli_in_a_fresh_process_with_yunet(lfw: Path, data: Path, tmp_path: Path) -> None:
-    """FACELEDGER_DETECTOR=yunet reaches the real command: enrol, then search group photos
-    whose faces HOG cannot find (of 3faces.png's three, 16-20 px wide, only the one of at
-    least MIN_FACE_PX is searched; of linzaer_26.jpg's 77, the MAX_FACES largest)."""
+def test_cli_in_a_fresh_process_with_the_default_detector(lfw: Path, data: Path,
+                                                          tmp_path: Path) -> None:
+    """YuNet is the default of the real command: enrol, then search group photos whose
+    faces HOG cannot find (of 3faces.png's three, 16-20 px wide, only the one of at least
+    MIN_FACE_PX is searched; of linzaer_26.jpg's 77, the MAX_FACES largest). The audit
+    events name the detector, so a template's provenance says which one found its face."""
     home = tmp_path / "home"
     procs.new_store(home)
     names = lfw_people(lfw, 3)
     folder = gallery_folder(lfw, names, tmp_path / "gallery")
-    env = {"FACELEDGER_DETECTOR": "yunet"}
+    env: dict[str, str] = {}  # the default
     enrolled = procs.ok_json(home, "enroll", "custody", str(folder), **env)
     assert enrolled["counts"]["enrolled"] == 3
     probe = lfw / names[0] / f"{names[0]}_0002.jpg"
@@ -159,6 +163,20 @@ def test_cli_in_a_fresh_process_with_yunet(lfw: Path, data: Path, tmp_path: Path
                           "--case", "CASE-1", **env)
     assert [f["detector"] for f in found["faces"]] == ["opencv-yunet"]
     assert found["faces"][0]["candidates"][0]["subject"] == names[0]
+    hog = procs.ok_json(home, "search", str(probe), "--purpose", "investigation",
+                        "--case", "CASE-1", FACELEDGER_DETECTOR="hog+cnn")
+    assert [f["detector"] for f in hog["faces"]] == ["dlib-hog"]
+    assert hog["faces"][0]["candidates"][0]["subject"] == names[0]  # same space, same gallery
+    db = sqlite3.connect(home / "faceledger.sqlite3")
+    try:
+        events = [(a, json.loads(d)) for a, d in db.execute(
+            "SELECT action, details FROM audit_events WHERE action IN "
+            "('template.enrolled', 'search') ORDER BY id")]
+    finally:
+        db.close()
+    assert [d["detector"] for a, d in events if a == "template.enrolled"] == \
+        ["opencv-yunet"] * 3
+    assert [d["detector"] for a, d in events if a == "search"] == ["yunet", "hog+cnn"]
     from faceledger.vision.pipeline import MAX_FACES, MIN_FACE_PX
 
     for photo, expect in (("3faces.png", 1), ("linzaer_26.jpg", MAX_FACES)):

@@ -115,6 +115,7 @@ class _Outcome:
     code: str | None = None
     reason: str | None = None
     thumbnail: bytes | None = None
+    detector: str = ""  # which detector found the face (provenance, in the audit event)
 
 
 def _analyse(pipeline: FacePipeline, job: _Job) -> _Outcome:
@@ -133,7 +134,8 @@ def _analyse(pipeline: FacePipeline, job: _Job) -> _Outcome:
         return _Outcome(job.index, code="processing_failed",
                         reason=f"unexpected {type(exc).__name__} while processing: {exc}")
     return _Outcome(job.index, vector=face.embedding.astype("<f4").tobytes(),
-                    box=face.box.as_list(), quality=face.quality.as_dict(), thumbnail=thumb)
+                    box=face.box.as_list(), quality=face.quality.as_dict(), thumbnail=thumb,
+                    detector=face.detector)
 
 
 # Worker-process state: one pipeline per process, built by the pool initializer.
@@ -534,7 +536,7 @@ class _Batch:
                 audit.append(session, at=now, actor=svc.actor, action="template.enrolled",
                              details={"source_id": source.id, "subject_id": subject.id,
                                       "template_id": template.id, "image_sha256": digest,
-                                      "space": svc.space})
+                                      "space": svc.space, "detector": outcome.detector})
                 template_id = template.id
         except IntegrityError:
             # A unique constraint caught a race the checks above did not (another

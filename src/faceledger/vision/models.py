@@ -54,7 +54,7 @@ class ModelFile(Enum):
         SFACE_PACKAGE, SFACE_PACKAGE_VERSION, "face_recognition_sface_2021dec_int8bq.onnx",
         "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
     )
-    YUNET = (  # used only to derive the SFace alignment template (faceledger eval)
+    YUNET = (  # the default detector; also derives the SFace alignment template (eval)
         SFACE_PACKAGE, SFACE_PACKAGE_VERSION, "face_detection_yunet_2023mar_int8bq.onnx",
         "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
     )

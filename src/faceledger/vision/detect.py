@@ -109,16 +109,19 @@ YUNET_NMS_THRESHOLD = 0.3
 YUNET_TOP_K = 5000
 # YuNet runs on a copy whose long side is at most YUNET_MAX_SIDE pixels (the working
 # image itself when it is smaller). The 4 MP working image of a 12 MP photo (2448x1633) is
-# scaled by 0.78: ~35% less time (250 vs 420 ms for a crowd photo here), and a face of
-# 13 px in the working image is still 10 px there (YuNet's smallest anchors). No tiling:
-# at the full working resolution YuNet only adds faces of a few pixels (measured in
-# docs/performance.md).
+# scaled by 0.65: a face of MIN_FACE_PX (20 px, the smallest the pipeline embeds) in the
+# working image is still 13 px there, above YuNet's smallest anchors (10 px). 1600 rather
+# than 1920 (2026-12-02): the detector's peak memory for a 12 MP photo falls from +223 to
+# +159 MiB over idle (its feature maps grow with the copy's area) and its time by ~20%; on
+# groups/linzaer_17 upscaled to 12 MP it finds 307 faces of >= 20 px against 326, of which
+# the pipeline embeds the 32 largest either way. No tiling: at the full working resolution
+# YuNet only adds faces of a few pixels (measured in docs/performance.md).
 # YuNet also misses large faces: an LFW face upscaled to 430-480 px wide scores < 0.8 and
 # its box shrinks (at ~730 px it finds a 530 px box at 0.7; at 1000 px nothing). So the copy
 # is detected again at 1/YUNET_PYRAMID_STEP, 1/YUNET_PYRAMID_STEP^2, ... of its size while
 # the previous level's long side exceeds YUNET_PYRAMID_STOP (so a face filling the frame is
 # seen at <= 480 px), and the levels' boxes are merged by NMS. Costs ~12% more.
-YUNET_MAX_SIDE = 1920
+YUNET_MAX_SIDE = 1600
 YUNET_PYRAMID_STEP = 3
 YUNET_PYRAMID_STOP = 480
 # dlib's 5-point predictor was trained on HOG's boxes: square, from the brows to the chin.

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,10 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-FL = Path(sys.executable).with_name("faceledger")
+sys.path.insert(0, str(REPO))
+
+from benchmarks.served import FL, enrol_gallery, serving  # noqa: E402
+
 TWELVE_MP = (4352, 2903)
 SCENES = ("dlib_giraffe.jpg", "dlib_horses.jpg", "skimage_brick.png", "skimage_chelsea.png",
           "dlib_eagle.jpg")
@@ -104,34 +106,11 @@ def main() -> None:
         steward = str(_cli(home, "user", "add", "steward", "--role", "steward")["api_key"])
         investigator = str(_cli(home, "user", "add", "inv", "--role",
                                 "investigator")["api_key"])
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACELEDGER_")}
         env["FACELEDGER_HOME"] = str(home)
-        log = (Path(tmp) / "serve.log").open("w")
-        server = subprocess.Popen([str(FL), "serve", "--port", str(port), "--workers", "1"],
-                                  env=env, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("server did not become ready")
-                time.sleep(0.5)
+        with serving(env, Path(tmp) / "serve.log") as (url, server):
             sh = {"Authorization": f"Bearer {steward}"}
-            for start in range(0, len(people), 20):
-                chunk = people[start:start + 20]
-                files = [("image", (f"{n}.jpg", (lfw / n / f"{n}_0001.jpg").read_bytes()))
-                         for n in chunk]
-                httpx.post(f"{url}/v1/sources/bench/images", files=files,
-                           data={"subject_ref": chunk}, headers=sh,
-                           timeout=300).raise_for_status()
+            enrol_gallery(url, steward, lfw, people)
             ih = {"Authorization": f"Bearer {investigator}"}
 
             def search(c: httpx.Client, data: bytes) -> tuple[float, dict[str, object]]:
@@ -186,9 +165,6 @@ def main() -> None:
                     took.append(time.perf_counter() - t0)
                     r.raise_for_status()
                 out["enrol_one_image"] = _summary(took) if took else None
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     result = {"when": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                           "platform": platform.platform()},

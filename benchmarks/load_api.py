@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,10 @@ from urllib.parse import urlparse
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.served import enrol_gallery, serving  # noqa: E402
+
 FL = Path(sys.executable).with_name("faceledger")
 
 
@@ -86,34 +89,11 @@ def main() -> None:
     steward = str(_cli(home, "user", "add", "steward", "--role", "steward")["api_key"])
     investigator = str(_cli(home, "user", "add", "inv", "--role", "investigator")["api_key"])
     auditor = str(_cli(home, "user", "add", "aud", "--role", "auditor")["api_key"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    assert urlparse(url).hostname in ("127.0.0.1", "localhost")
     env = {**os.environ, "FACELEDGER_HOME": str(home)}
-    log = (work / "serve.log").open("w")
-    server = subprocess.Popen([str(FL), "serve", "--port", str(port), "--workers",
-                               str(args.workers)], env=env, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("server did not become ready")
-            time.sleep(0.5)
+    with serving(env, work / "serve.log", args.workers) as (url, _server):
+        assert urlparse(url).hostname in ("127.0.0.1", "localhost")
         sh = {"Authorization": f"Bearer {steward}"}
-        for start in range(0, len(gallery), 20):
-            chunk = gallery[start:start + 20]
-            files = [("image", (f"{n}.jpg", (lfw / n / f"{n}_0001.jpg").read_bytes()))
-                     for n in chunk]
-            r = httpx.post(f"{url}/v1/sources/bench/images", files=files,
-                           data={"subject_ref": chunk}, headers=sh, timeout=300)
-            r.raise_for_status()
+        enrol_gallery(url, steward, lfw, gallery)
         base_templates = len(httpx.get(f"{url}/v1/subjects", headers=sh, timeout=60).json())
         # With several server processes, wait until each has its index warm: one search.
         latencies: dict[str, list[float]] = {"search": [], "enrol": []}
@@ -170,10 +150,6 @@ def main() -> None:
         lost = [n for n in enrolled if counts.get(n) != 1]
         chain = httpx.get(f"{url}/v1/audit/verify", timeout=120,
                           headers={"Authorization": f"Bearer {auditor}"}).json()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
     five_xx = sum(n for s in statuses.values() for code, n in s.items() if code >= 500)
     report = {
         "clients": args.clients, "seconds": round(elapsed, 1), "server_workers": args.workers,

@@ -132,7 +132,8 @@ def test_pq_refine_recall_against_exact_and_its_scores_are_exact() -> None:
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     exact = new_index("faiss-flat", DIM)
     exact.add(ids, vecs)
-    approx = FaissPQRefineIndex(DIM, train_at=1000)
+    # 200 candidates of 4,000 (5%): the product's 1,000 would be a quarter of this gallery.
+    approx = FaissPQRefineIndex(DIM, train_at=1000, min_candidates=200)
     approx.add(ids, vecs)
     assert not approx.approximate
     got, want = approx.search(queries, 10), exact.search(queries, 10)
@@ -152,7 +153,8 @@ def test_pq_refine_removal_is_real_after_the_codes_are_built() -> None:
     rng = np.random.default_rng(5)
     vecs = _clustered(rng, 1000, 4)
     ids = np.arange(10, 10 + len(vecs), dtype=np.int64)
-    index = FaissPQRefineIndex(DIM, train_at=500)
+    # Fewer candidates than templates, or the search would be exact (and build nothing).
+    index = FaissPQRefineIndex(DIM, train_at=500, min_candidates=100)
     index.add(ids, vecs)
     index.search(vecs[:1], 5)
     assert index.approximate

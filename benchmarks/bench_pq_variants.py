@@ -1,0 +1,104 @@
+"""PQ fast-scan code size and candidate depth for `faiss-pq-refine` (issue 11): one probe at
+a time on one core, p50/p95 of the candidate search plus the exact re-rank, and recall@10
+against exact search, on a synthetic gallery drawn like `bench_index_scale.py`'s (real LFW
+templates of the default space give the within- and between-identity spread).
+
+Run by hand:
+
+    .venv/bin/python benchmarks/bench_pq_variants.py [--size 1000000] [--probes 200]
+
+Variants: 128 sub-quantisers of 4 bits (the backend's: 64 bytes a 256-d template) with 500,
+1000 and 2000 candidates; 64 sub-quantisers (32 bytes) with 500, 1000 and 2000. Half the probes
+are mated (a fresh template of a gallery identity), half not. Prints one line per variant
+and writes JSON to benchmarks/results/pq-variants-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_index_scale import DIM, Model, load_real  # noqa: E402
+
+VARIANTS = {128: (500, 1000, 2000), 64: (500, 1000, 2000)}
+
+
+def exact_top10(x: np.ndarray, queries: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    """Brute-force top 10 by chunks (no second copy of a 10 GB gallery in an index)."""
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        scores = queries @ x[start:start + chunk].T
+        top = np.argpartition(-scores, 10, axis=1)[:, :10]
+        best_s = np.hstack([best_s, np.take_along_axis(scores, top, axis=1)])
+        best_i = np.hstack([best_i, top + start])
+        keep = np.argsort(-best_s, axis=1)[:, :10]
+        best_s = np.take_along_axis(best_s, keep, axis=1)
+        best_i = np.take_along_axis(best_i, keep, axis=1)
+    return best_i
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=1_000_000)
+    ap.add_argument("--probes", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=3)
+    args = ap.parse_args()
+    faiss.omp_set_num_threads(1)
+    real, labels, _ = load_real(Path.home() / ".cache" / "faceledger" / "eval", 0,
+                                REPO.parent / "shared" / "data" / "lfw")
+    model = Model(real, labels)
+    rng = np.random.default_rng(args.seed)
+    x, _, centres = model.gallery(args.size, rng)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    half = args.probes // 2
+    mated = model.templates(centres[rng.choice(len(centres), half, replace=False)], rng)
+    queries = np.ascontiguousarray(np.vstack([mated, model.templates(
+        model.centres(args.probes - half, rng), rng)]), dtype=np.float32)
+    exact = exact_top10(x, queries)
+    sample = x[rng.choice(len(x), min(len(x), 65_536), replace=False)]
+    rows = []
+    for m, depths in VARIANTS.items():
+        start = time.perf_counter()
+        pq = faiss.IndexPQFastScan(DIM, m, 4, faiss.METRIC_INNER_PRODUCT)
+        pq.train(sample)
+        pq.add(x)
+        build = time.perf_counter() - start
+        for depth in depths:
+            lat, hit = [], []
+            for i, q in enumerate(queries):
+                t0 = time.perf_counter()
+                _, cand = pq.search(q[None, :], depth)
+                ids = cand[0][cand[0] >= 0]
+                top = ids[np.argsort(-(x[ids] @ q))[:10]]
+                lat.append((time.perf_counter() - t0) * 1000)
+                hit.append(len(set(top.tolist()) & set(exact[i].tolist())) / 10)
+            row = {"n": len(x), "sub_quantisers": m, "bytes_per_code": m // 2,
+                   "candidates": depth, "p50_ms": round(float(np.median(lat)), 2),
+                   "p95_ms": round(float(np.percentile(lat, 95)), 2),
+                   "recall@10": round(float(np.mean(hit)), 4),
+                   "recall@10_mated": round(float(np.mean(hit[:half])), 4),
+                   "build_s": round(build, 1)}
+            print(row, flush=True)
+            rows.append(row)
+        del pq
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"pq-variants-{when[:19].replace(':', '')}.json").write_text(json.dumps(
+        {"when": when, "faiss": faiss.__version__, "args": vars(args), "rows": rows},
+        indent=2))
+
+
+if __name__ == "__main__":
+    main()

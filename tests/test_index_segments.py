@@ -230,3 +230,29 @@ def test_a_searchs_candidate_recheck_reads_by_primary_key(tmp_path: Path, lfw: P
         found = db.execute(sql).fetchall()
     assert len(found) == 50
     assert plan and all("PRIMARY KEY" in step for step in plan), plan
+
+
+def test_catching_up_with_a_long_change_log_holds_one_span_of_vectors_at_a_time(
+        tmp_path: Path, lfw: Path) -> None:
+    """A process whose index files are 80,000 templates behind the records (here: written
+    straight into the records, as another process's enrolments would be) catches up at
+    open by reading the records' vectors a segment's span at a time, not all at once:
+    its peak RSS is within 60 MB of a later open that has nothing to catch up with
+    (measured: +22 MiB; +152 MiB when all 80,000 vectors were read at once)."""
+    home = tmp_path / "home"
+    new_store(home)
+    ok_json(home, "enroll", "custody", str(gallery_folder(lfw, lfw_people(lfw, 2),
+                                                          tmp_path / "a")))
+    n = 80_000
+    bulk_load(home, "custody", unit_vectors_near(np.ones(256, np.float32) / 16, n, 0.2, 7),
+              per_subject=4, ref_prefix="bulk")
+    peaks = []
+    for attempt in ("catching up", "up to date"):
+        rss = tmp_path / f"rss-{len(peaks)}"
+        proc = run_at(home, "-", 0, "kill", "index", "check", "--json",
+                      FL_MAXRSS_FILE=str(rss))
+        assert proc.returncode == 0, (attempt, proc.stderr)
+        check = json.loads(proc.stdout)
+        assert check["agree"] and check["templates"] == n + 2, (attempt, check)
+        peaks.append(int(rss.read_text()) * 1024)
+    assert peaks[0] - peaks[1] < 60 * 10**6, peaks

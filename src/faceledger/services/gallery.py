@@ -465,8 +465,11 @@ class Gallery:
             want = np.asarray(sorted(adds - removes), dtype=np.int64)
             want = want[~self._held(want)]
             added = 0
-            if want.size:
-                added = self._add(*self._vectors(session, want))  # skips ids erased since
+            # A span at a time: a process far behind (another one enrolled a million
+            # templates) never holds all their vectors at once. _vectors skips the ids
+            # erased since.
+            for start in range(0, len(want), SPAN):
+                added += self._add(*self._vectors(session, want[start:start + SPAN]))
             self.applied_seq = int(rows[-1][0])
         return added, removed
 

@@ -33,22 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FACELEDGER = Path(sys.executable).with_name("faceledger")
+sys.path.insert(0, str(REPO))
+
+from benchmarks.served import FL, cli_env, new_bench_store, status_kib  # noqa: E402
+
 JUNK_PER_SUBJECT = 20
 
 
 def _data() -> Path:
     return Path(os.environ.get("FACELEDGER_TEST_DATA", REPO.parent / "shared" / "data"))
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def _children(pid: int) -> list[int]:
@@ -74,8 +67,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         start = time.monotonic()
         while not self.stop.is_set():
-            main = _rss_kib(self.pid)
-            workers = [_rss_kib(c) for c in _children(self.pid)]
+            main = status_kib(self.pid, "VmRSS")
+            workers = [status_kib(c, "VmRSS") for c in _children(self.pid)]
             total = main + sum(workers)
             self.peak_main = max(self.peak_main, main)
             self.peak_worker = max([self.peak_worker, *workers])
@@ -109,20 +102,14 @@ def main() -> None:
         root = Path(tmp)
         t0 = time.perf_counter()
         faces, junk = build_folder(root / "in", args.files, args.faces, _data() / "lfw")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACELEDGER_")}
-        env.update(FACELEDGER_HOME=str(root / "home"), FACELEDGER_USER="bench",
-                   FACELEDGER_WORKERS=str(args.workers))
-        subprocess.run([str(FACELEDGER), "init"], env=env, check=True, capture_output=True)
-        subprocess.run([str(FACELEDGER), "source", "add", "bench", "--lawful-basis",
-                        "consent", "--basis-ref", "BENCH", "--jurisdiction", "GB",
-                        "--retention-days", "30", "--purpose", "investigation",
-                        "--supplier", "bench"], env=env, check=True, capture_output=True)
+        env = cli_env(root / "home", FACELEDGER_WORKERS=str(args.workers))
+        new_bench_store(root / "home")
         print(f"folder of {faces + junk} files built in {time.perf_counter() - t0:.0f} s",
               flush=True)
         out_path = root / "report.json"
         start = time.perf_counter()
         with out_path.open("w") as out:
-            proc = subprocess.Popen([str(FACELEDGER), "enroll", "bench", str(root / "in"),
+            proc = subprocess.Popen([str(FL), "enroll", "bench", str(root / "in"),
                                      "--json"], env=env, stdout=out,
                                     stderr=subprocess.PIPE, text=True)
             sampler = Sampler(proc.pid)

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.served import FL, enrol_gallery, serving  # noqa: E402
+from benchmarks.served import cli, cli_env, enrol_gallery, new_bench_store, serving, status_kib  # noqa: E402
 
 TWELVE_MP = (4352, 2903)
 SCENES = ("dlib_giraffe.jpg", "dlib_horses.jpg", "skimage_brick.png", "skimage_chelsea.png",
@@ -51,20 +50,8 @@ def _data() -> Path:
     return Path(os.environ.get("FACELEDGER_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-def _cli(home: Path, *args: str) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACELEDGER_")}
-    env.update(FACELEDGER_HOME=str(home), FACELEDGER_USER="bench")
-    out = subprocess.run([str(FL), *args, "--json"], env=env, capture_output=True, text=True,
-                         check=True)
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
-
-
 def _vm(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) // 1024  # MiB
-    raise RuntimeError(field)
+    return status_kib(pid, field) // 1024  # MiB
 
 
 def twelve_mp_photo(scene: Path, face: Path, seed: int) -> bytes:
@@ -99,16 +86,11 @@ def main() -> None:
                     if d.is_dir() and (d / f"{d.name}_0002.jpg").exists())[:args.gallery]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "store"
-        _cli(home, "init")
-        _cli(home, "source", "add", "bench", "--lawful-basis", "consent", "--basis-ref", "B",
-             "--jurisdiction", "GB", "--retention-days", "30", "--purpose", "investigation",
-             "--supplier", "benchmark")
-        steward = str(_cli(home, "user", "add", "steward", "--role", "steward")["api_key"])
-        investigator = str(_cli(home, "user", "add", "inv", "--role",
-                                "investigator")["api_key"])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACELEDGER_")}
-        env["FACELEDGER_HOME"] = str(home)
-        with serving(env, Path(tmp) / "serve.log") as (url, server):
+        new_bench_store(home)
+        steward = str(cli(home, "user", "add", "steward", "--role", "steward")["api_key"])
+        investigator = str(cli(home, "user", "add", "inv", "--role",
+                               "investigator")["api_key"])
+        with serving(cli_env(home), Path(tmp) / "serve.log") as (url, server):
             sh = {"Authorization": f"Bearer {steward}"}
             enrol_gallery(url, steward, lfw, people)
             ih = {"Authorization": f"Bearer {investigator}"}

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.served import enrol_gallery, serving  # noqa: E402
+from benchmarks.served import cli, enrol_gallery, new_bench_store, serving  # noqa: E402
 
 FL = Path(sys.executable).with_name("faceledger")
 
@@ -52,14 +51,6 @@ def _pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def _cli(home: Path, *args: str) -> dict[str, object]:
-    env = {**os.environ, "FACELEDGER_HOME": str(home), "FACELEDGER_USER": "bench"}
-    out = subprocess.run([str(FL), *args, "--json"], env=env, capture_output=True, text=True,
-                         check=True)
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
 
 
 def main() -> None:
@@ -82,13 +73,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="faceledger-load-"))
     home = work / "store"
-    _cli(home, "init")
-    _cli(home, "source", "add", "bench", "--lawful-basis", "consent", "--basis-ref", "B",
-         "--jurisdiction", "GB", "--retention-days", "30", "--purpose", "investigation",
-         "--supplier", "benchmark")
-    steward = str(_cli(home, "user", "add", "steward", "--role", "steward")["api_key"])
-    investigator = str(_cli(home, "user", "add", "inv", "--role", "investigator")["api_key"])
-    auditor = str(_cli(home, "user", "add", "aud", "--role", "auditor")["api_key"])
+    new_bench_store(home)
+    steward = str(cli(home, "user", "add", "steward", "--role", "steward")["api_key"])
+    investigator = str(cli(home, "user", "add", "inv", "--role", "investigator")["api_key"])
+    auditor = str(cli(home, "user", "add", "aud", "--role", "auditor")["api_key"])
     env = {**os.environ, "FACELEDGER_HOME": str(home)}
     with serving(env, work / "serve.log", args.workers) as (url, _server):
         assert urlparse(url).hostname in ("127.0.0.1", "localhost")

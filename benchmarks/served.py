@@ -1,10 +1,14 @@
-"""A real `faceledger serve` for the benchmarks that go through HTTP (load_api.py,
-bench_search_photo.py): started on a free loopback port, waited for until ready, stopped
-after; and a gallery of LFW identities enrolled through the API. Not a benchmark itself."""
+"""What the benchmarks that run the real command share (load_api.py, bench_search_photo.py,
+bench_ingest_memory.py): the CLI on a store, a fresh store with a benchmark source, a real
+`faceledger serve` (started on a free loopback port, waited for until ready, stopped
+after), a gallery of LFW identities enrolled through the API, and a process's memory from
+/proc. Not a benchmark itself."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +19,40 @@ from pathlib import Path
 import httpx
 
 FL = Path(sys.executable).with_name("faceledger")
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """This environment without any FACELEDGER_ setting, on the store at ``home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACELEDGER_")}
+    env.update(FACELEDGER_HOME=str(home), FACELEDGER_USER="bench", **extra)
+    return env
+
+
+def cli(home: Path, *args: str) -> dict[str, object]:
+    """`faceledger ARGS --json` on the store at ``home``; its parsed output."""
+    out = subprocess.run([str(FL), *args, "--json"], env=cli_env(home), capture_output=True,
+                         text=True, check=True)
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def new_bench_store(home: Path) -> None:
+    """A fresh store with one source, ``bench``, for the purpose ``investigation``."""
+    cli(home, "init")
+    cli(home, "source", "add", "bench", "--lawful-basis", "consent", "--basis-ref", "B",
+        "--jurisdiction", "GB", "--retention-days", "30", "--purpose", "investigation",
+        "--supplier", "benchmark")
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A /proc/PID/status field in KiB (``VmRSS``, ``VmHWM``); 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 @contextlib.contextmanager

@@ -111,6 +111,14 @@ def serving(home: Path, log_path: Path, **env: str) -> Iterator[str]:
     """A real `faceledger serve` on the store at ``home``, on a free loopback port, ready
     (``/readyz`` answers 200); yields its URL, stops it after. Its log goes to
     ``log_path``, which must hold no traceback when it stops."""
+    with server(home, log_path, **env) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def server(home: Path, log_path: Path, **env: str
+           ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``serving``, yielding the server's process too (its pid: its memory, its signals)."""
     import httpx
 
     port = free_port()
@@ -130,7 +138,7 @@ def serving(home: Path, log_path: Path, **env: str) -> Iterator[str]:
                     raise RuntimeError(f"server did not become ready: "
                                        f"{log_path.read_text()[-2000:]}")
                 time.sleep(0.3)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:

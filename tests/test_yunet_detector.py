@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import sqlite3
@@ -224,16 +223,6 @@ def _vm_mib(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-def _server_pid(url: str) -> int:
-    port = url.rsplit(":", 1)[1]
-    for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"serve" in argv and port.encode() in argv:
-                return int(proc.name)
-    raise AssertionError(f"no server process on port {port}")
-
-
 def test_a_12mp_search_in_the_warm_service_stays_within_300_mb(lfw: Path, data: Path,
                                                                tmp_path: Path) -> None:
     """Searches of 12 MP one-face photos over HTTP: each finds the person, and the server's
@@ -259,9 +248,9 @@ def test_a_12mp_search_in_the_warm_service_stays_within_300_mb(lfw: Path, data: 
         assert r.status_code == 201, r.text  # a search record is created
         return str(r.json()["faces"][0]["candidates"][0]["subject"])
 
-    with procs.serving(home, tmp_path / "serve.log") as url, \
+    with procs.server(home, tmp_path / "serve.log") as (url, proc), \
             httpx.Client(base_url=url, timeout=120) as client:
-        pid = _server_pid(url)
+        pid = proc.pid
         assert search(client, lfw / names[0] / f"{names[0]}_0002.jpg") == names[0]  # warm
         idle = _vm_mib(pid, "VmRSS")
         assert [search(client, photo) for photo in photos] == names

@@ -1,18 +1,19 @@
 """Approximate search for large galleries: FAISS PQ fast-scan candidates, re-ranked exactly.
 
 The exact store (:class:`FaissFlatIndex`, full float32 vectors) stays the source of every
-score: a search takes the ``max(MIN_CANDIDATES, K_FACTOR * k, N / 5000)`` best candidates from a
-product-quantised copy (``IndexPQFastScan``, ``dim/2`` sub-quantisers of 4 bits: 64 bytes
-a 256-d template, scanned with SIMD in registers), then scores those candidates with their
-full vectors and keeps the best ``k``. So every score returned is exact; only *which*
-templates are looked at is approximate. Measured on this project's synthetic galleries of
-the default space (docs/performance.md), one core: with 500 candidates for a top 10,
-recall@10 against exact search 0.9985 at 100k and 0.9915-0.9935 at 1M (5.9 ms p95 at 1M on
-a loaded machine, 3.75 ms on a quieter one; exact search: 63 ms); with 1000 candidates,
-0.9975 at 1M and 4.0-4.3 ms p95 (2026-12-02). At 10M: 0.96 / 0.985 / 0.9965 with 500 /
-1000 / 2000 candidates, at 44 / 39 / 49 ms p95 (the scan of 640 MB of codes is most of it).
-Codes of half the size (64 sub-quantisers) halve the scan but lose too much: recall@10 at
-1M 0.74 / 0.85 / 0.92 with 500 / 1000 / 2000 (`benchmarks/bench_pq_variants.py`).
+score: a search takes the ``max(MIN_CANDIDATES, K_FACTOR * k, N / GALLERY_PER_CANDIDATE)``
+best candidates from a product-quantised copy (``IndexPQFastScan``, ``dim/2``
+sub-quantisers of 4 bits: 64 bytes a 256-d template, scanned with SIMD in registers), then
+scores those candidates with their full vectors and keeps the best ``k``. So every score
+returned is exact; only *which* templates are looked at is approximate. Measured on this
+project's synthetic galleries of the default space (docs/performance.md), one core: with
+500 candidates for a top 10, recall@10 against exact search 0.9985 at 100k and
+0.9915-0.9935 at 1M (5.9 ms p95 at 1M on a loaded machine, 3.75 ms on a quieter one; exact
+search: 63 ms); with 1000 candidates, 0.9975 at 1M and 4.0-4.3 ms p95 (2026-12-02). At 10M:
+0.96 / 0.985 / 0.9965 with 500 / 1000 / 2000 candidates, at 44 / 39 / 49 ms p95 (the scan
+of 640 MB of codes is most of it). Codes of half the size (64 sub-quantisers) halve the
+scan but lose too much: recall@10 at 1M 0.74 / 0.85 / 0.92 with 500 / 1000 / 2000
+(`benchmarks/bench_pq_variants.py`).
 
 * Below ``TRAIN_AT`` templates, or for a filtered search (FAISS's fast-scan indexes take
   no ID selector), or when the candidates would reach the gallery, it is exact search.
@@ -38,11 +39,11 @@ from faceledger.index.faiss_flat import FaissFlatIndex
 
 TRAIN_AT = 50_000
 TRAIN_SAMPLE = 65_536
-MIN_CANDIDATES = 1000  # 100 per result for a top 10: recall@10 0.9975 at 1M, against
-# 0.9915 with 500, for +0.5 ms (measured 2026-12-02)
-# ... and one candidate per GALLERY_PER_CANDIDATE templates, so that a larger gallery
-# looks deeper: at 10M, 2000 candidates give recall@10 0.9965 (1000: 0.985) at 49 ms p95
-# (39 ms).
+# Candidates re-ranked per search (measured 2026-12-02): at least MIN_CANDIDATES (1000 give
+# recall@10 0.9975 at 1M, 500 gave 0.9915, for +0.5 ms), and one per GALLERY_PER_CANDIDATE
+# templates so that a larger gallery looks deeper (10M: 2000 give 0.9965 at 49 ms p95,
+# 1000 gave 0.985 at 39 ms).
+MIN_CANDIDATES = 1000
 GALLERY_PER_CANDIDATE = 5000
 K_FACTOR = 10
 _ADD_CHUNK = 65_536

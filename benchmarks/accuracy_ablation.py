@@ -50,14 +50,15 @@ def _init(jitter: int) -> None:
     from faceledger.vision.sface import SFaceEmbedder
 
     cv2.setNumThreads(1)
-    resnet = verified_model(ModelFile.RESNET_V1).path
+    resnet_path = verified_model(ModelFile.RESNET_V1).path
+    resnet = verified_bytes(ModelFile.RESNET_V1)
     sface = verified_bytes(ModelFile.SFACE)
     _state.update(
         hog=HogDetector(1), cnn=CnnDetector(verified_model(ModelFile.MMOD_CNN).path, 1),
         aligner=FivePointAligner(verified_model(ModelFile.LANDMARKS_5).path),
         dlib=DlibResNetEmbedder(resnet, flip=False), dlib_flip=DlibResNetEmbedder(resnet, True),
         sface=SFaceEmbedder(sface, flip=False), sface_flip=SFaceEmbedder(sface, flip=True),
-        jitter=jitter, net=dlib.face_recognition_model_v1(str(resnet)))
+        jitter=jitter, net=dlib.face_recognition_model_v1(str(resnet_path)))
 
 
 def _one(path: str) -> tuple[str, dict[str, Any] | None]:

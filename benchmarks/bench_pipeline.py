@@ -141,7 +141,7 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform(), "dlib": dlib.__version__,
-                    "dlib_blas": bool(dlib.DLIB_USE_BLAS), "opencv": cv2.__version__},
+                    "dlib_resnet_runtime": "opencv-dnn", "opencv": cv2.__version__},
         "runs": [{"stages": stage_times(args.images, e, d),
                   **enrol_and_search(args.enrol, args.searches, e, d)}
                  for e in embedders for d in args.detector],

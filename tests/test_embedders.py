@@ -15,7 +15,7 @@ from faceledger.vision.align import similarity_transform
 from faceledger.vision.embed import DlibResNetEmbedder, FusedEmbedder, mirror_mean
 from faceledger.vision.embedders import EMBEDDERS, FUSION_WEIGHTS, embedder_spec
 from faceledger.vision.imaging import ImageLimits, decode_image
-from faceledger.vision.models import ModelFile, verified_bytes, verified_model
+from faceledger.vision.models import ModelFile, verified_bytes
 from faceledger.vision.pipeline import FacePipeline, PipelineConfig, build_pipeline
 from faceledger.vision.sface import DLIB5_IN_ARCFACE112, SFaceEmbedder, sface_chip
 
@@ -63,7 +63,7 @@ def test_mirror_mean_is_the_normalised_average() -> None:
 
 
 def test_fusion_weights_must_be_positive_and_sum_to_one() -> None:
-    dlib = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path)
+    dlib = DlibResNetEmbedder(verified_bytes(ModelFile.RESNET_V1))
     with pytest.raises(errors.ConfigError, match="summing to 1"):
         FusedEmbedder([(dlib, 0.5), (dlib, 0.6)])
     with pytest.raises(errors.ConfigError, match="2\\+"):
@@ -72,7 +72,7 @@ def test_fusion_weights_must_be_positive_and_sum_to_one() -> None:
 
 def test_fused_score_is_the_weighted_sum_of_the_models_scores(pipeline: FacePipeline,
                                                               lfw: Path) -> None:
-    dlib = DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path, flip=False)
+    dlib = DlibResNetEmbedder(verified_bytes(ModelFile.RESNET_V1), flip=False)
     sface = SFaceEmbedder(verified_bytes(ModelFile.SFACE), flip=True)
     fused = FusedEmbedder([(dlib, FUSION_WEIGHTS["dlib"]), (sface, FUSION_WEIGHTS["sface"])])
     assert fused.space == embedder_spec("dlib+sface").space
@@ -123,7 +123,7 @@ def test_mirror_averaging_makes_a_template_blind_to_mirroring(model: str, pipeli
 
     def build(flip: bool) -> DlibResNetEmbedder | SFaceEmbedder:
         if model == "dlib":
-            return DlibResNetEmbedder(verified_model(ModelFile.RESNET_V1).path, flip=flip)
+            return DlibResNetEmbedder(verified_bytes(ModelFile.RESNET_V1), flip=flip)
         return SFaceEmbedder(verified_bytes(ModelFile.SFACE), flip=flip)
 
     def similarity(e: DlibResNetEmbedder | SFaceEmbedder) -> float:

@@ -78,7 +78,7 @@ def centre_face(faces: list[Face], width: int, height: int) -> Face:
 
 
 def _init(config: PipelineConfig) -> None:
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before dlib loads OpenBLAS: one core each
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # one core each (numpy)
     _state["pipeline"] = build_pipeline(config)
 
 

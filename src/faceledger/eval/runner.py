@@ -27,7 +27,7 @@ def _provenance(config: PipelineConfig) -> dict[str, Any]:
     import dlib
 
     return {"faceledger": __version__, "dlib": dlib.__version__,
-            "dlib_blas": bool(dlib.DLIB_USE_BLAS), "opencv": cv2.__version__,
+            "dlib_resnet_runtime": "opencv-dnn", "opencv": cv2.__version__,
             "embedder": config.embedder, "space": embedder_spec(config.embedder).space,
             "detector": config.detector, "upsample": config.upsample,
             "no_face_fallback": "dlib-cnn-mmod" if config.detector == "hog+cnn" else None,

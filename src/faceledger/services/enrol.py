@@ -162,7 +162,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def _init_worker(config: PipelineConfig, parent: int) -> None:
     _exit_with_parent(parent)
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # one core per worker, set before dlib
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # one core per worker (numpy, faiss)
     _worker["pipeline"] = build_pipeline(config)
 
 

@@ -22,7 +22,7 @@ from faceledger import errors
 from faceledger.vision.embed import DlibResNetEmbedder, FaceEmbedder, FusedEmbedder, dlib_space
 from faceledger.vision.embed import fused_space as _fused_space
 from faceledger.vision.embedder_names import EMBEDDERS, EmbedderName
-from faceledger.vision.models import ModelFile, verified_bytes, verified_copy
+from faceledger.vision.models import ModelFile, verified_bytes
 from faceledger.vision.sface import SFaceEmbedder, sface_space
 
 FUSION_WEIGHTS = MappingProxyType({"dlib": 0.6, "sface": 0.4})
@@ -58,11 +58,11 @@ def build_embedder(name: str, threads: int = 0) -> FaceEmbedder:
     spec = embedder_spec(name)
     embedder: FaceEmbedder
     if name == "dlib":
-        with verified_copy(ModelFile.RESNET_V1) as path:
-            embedder = DlibResNetEmbedder(path, flip=DLIB_FLIP_ALONE)
+        embedder = DlibResNetEmbedder(verified_bytes(ModelFile.RESNET_V1),
+                                      flip=DLIB_FLIP_ALONE, threads=threads)
     else:
-        with verified_copy(ModelFile.RESNET_V1) as path:
-            dlib_part = DlibResNetEmbedder(path, flip=DLIB_FLIP_FUSED)
+        dlib_part = DlibResNetEmbedder(verified_bytes(ModelFile.RESNET_V1),
+                                       flip=DLIB_FLIP_FUSED, threads=threads)
         sface_part = SFaceEmbedder(verified_bytes(ModelFile.SFACE), flip=SFACE_FLIP,
                                    threads=threads)
         embedder = FusedEmbedder([(dlib_part, FUSION_WEIGHTS["dlib"]),

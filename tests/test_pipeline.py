@@ -149,3 +149,38 @@ def test_blurred_face_is_refused_for_enrolment(pipeline: FacePipeline, lfw: Path
     with pytest.raises(errors.FaceRefused) as info:
         pipeline.enrolment_face(decode_image(buf.getvalue(), LIMITS))
     assert info.value.reason == "blurred"
+
+
+class _CountingEmbedder:
+    """The pipeline's embedder, counting the faces it is asked to embed."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.faces = inner, 0
+        self.space, self.dim = inner.space, inner.dim
+
+    def embed(self, pixels, faces):  # type: ignore[no-untyped-def]
+        self.faces += len(faces)
+        return self.inner.embed(pixels, faces)
+
+
+def test_an_enrolment_embeds_only_the_face_it_enrols(pipeline: FacePipeline,
+                                                      lfw: Path) -> None:
+    """The rules need boxes and quality alone: a photo refused as `several` costs no
+    embedding, and of a photo with a smaller bystander only the enrolled face is embedded,
+    with the vector a search of the same photo gives that face."""
+    counting = _CountingEmbedder(pipeline.embedder)
+    spy = FacePipeline(pipeline.detector, pipeline.aligner, counting, pipeline.config)
+    several = decode_image((lfw / "Abdulaziz_Kamilov" / "Abdulaziz_Kamilov_0001.jpg")
+                           .read_bytes(), ImageLimits())
+    with pytest.raises(errors.FaceRefused) as refused:
+        spy.enrolment_face(several)
+    assert refused.value.reason == "several"
+    assert counting.faces == 0
+    bystander = decode_image((lfw / "Abdel_Aziz_Al-Hakim" / "Abdel_Aziz_Al-Hakim_0001.jpg")
+                             .read_bytes(), ImageLimits())
+    face = spy.enrolment_face(bystander)
+    assert counting.faces == 1
+    searched = pipeline.faces(bystander)
+    assert len(searched) == 2
+    assert face.box == searched[0].box
+    assert float(face.embedding @ searched[0].embedding) > 0.99999

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from faceledger import errors
-from faceledger.vision.align import FivePointAligner
+from faceledger.vision.align import AlignedFace, FivePointAligner
 from faceledger.vision.detect import (
     CnnDetector,
     FaceDetector,
@@ -24,7 +24,7 @@ from faceledger.vision.embedders import build_embedder
 from faceledger.vision.imaging import DecodedImage, ImageLimits, decode_image
 from faceledger.vision.models import ModelFile, verified_bytes, verified_copy
 from faceledger.vision.quality import QualityRules, measure
-from faceledger.vision.types import Box, Embedding, Quality
+from faceledger.vision.types import Box, Detection, Embedding, Quality
 
 # A second usable face must be at most this fraction of the largest one's area for the
 # largest to count as "the" face of an enrolment photo (background faces are tolerated).
@@ -114,6 +114,16 @@ class FacePipeline:
         image, scaled down from a large original); each ``Face.box`` is in the original
         image's coordinates. Quality is as measured on the working image."""
         times = times or StageTimes()
+        found = self._found(image, times)
+        if not found:
+            return []
+        with times.stage("embed"):
+            vectors = self.embedder.embed(image.pixels, [f.aligned for f in found])
+        return [f.face(vec) for f, vec in zip(found, vectors, strict=True)]
+
+    def _found(self, image: DecodedImage, times: StageTimes) -> list[_Found]:
+        """Detected and aligned faces with their quality and refusal, largest first; not
+        yet embedded."""
         with times.stage("detect"):
             detections = self.detector.detect(image.pixels)
         detections = [d for d in detections
@@ -123,26 +133,24 @@ class FacePipeline:
             return []
         with times.stage("landmarks"):
             pairs = [(d, self.aligner.align(image.pixels, d.box)) for d in detections]
+        found = []
+        for det, al in pairs:
             # Landmarks piled on one spot (a sliver of a box) cannot be aligned: such a
             # detection is dropped rather than fail the whole photo.
-            pairs = [(d, a) for d, a in pairs if float(np.ptp(a.landmarks, axis=0).max()) >= 2]
-            detections, aligned = [d for d, _ in pairs], [a for _, a in pairs]
-        if not detections:
-            return []
-        with times.stage("embed"):
-            vectors = self.embedder.embed(image.pixels, aligned)
-        result = []
-        for det, al, vec in zip(detections, aligned, vectors, strict=True):
+            if float(np.ptp(al.landmarks, axis=0).max()) < 2:
+                continue
             box = _to_original(det.box.clipped(image.width, image.height), image)
             quality = measure(det.box, al)
-            refusal = self.config.rules.refusal(quality)
-            result.append(Face(box, det.confidence, quality, refusal, vec, det.source))
-        result.sort(key=lambda f: f.box.area, reverse=True)
-        return result
+            found.append(_Found(det, al, box, quality, self.config.rules.refusal(quality)))
+        found.sort(key=lambda f: f.box.area, reverse=True)
+        return found
 
     def enrolment_face(self, image: DecodedImage, times: StageTimes | None = None) -> Face:
-        """The one usable face of an enrolment photo, or a typed refusal with its reason."""
-        faces = self.faces(image, times)
+        """The one usable face of an enrolment photo, or a typed refusal with its reason.
+        Only that face is embedded: the rules need the boxes and quality alone, so a
+        refused photo, or a bystander's face, costs no embedding."""
+        times = times or StageTimes()
+        faces = self._found(image, times)
         if not faces:
             raise errors.NoFaceFound("no face found in the image")
         usable = [f for f in faces if f.refusal is None]
@@ -158,7 +166,22 @@ class FacePipeline:
                 f"{len(usable)} usable faces of similar size; an enrolment photo needs one",
                 reason="several",
             )
-        return usable[0]
+        with times.stage("embed"):
+            vector = self.embedder.embed(image.pixels, [usable[0].aligned])[0]
+        return usable[0].face(vector)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    detection: Detection
+    aligned: AlignedFace
+    box: Box  # in the original image's coordinates
+    quality: Quality
+    refusal: str | None
+
+    def face(self, embedding: Embedding) -> Face:
+        d = self.detection
+        return Face(self.box, d.confidence, self.quality, self.refusal, embedding, d.source)
 
 
 def _to_original(box: Box, image: DecodedImage) -> Box:

@@ -10,7 +10,8 @@ Then, with the service built in-process the way the CLI and the server build it:
 
 * ``first open``: the gallery built from the records (every segment written);
 * ``open``: a fresh process opening the store (services + gallery, from the segment files),
-  median of ``--repeats`` processes, and its peak RSS;
+  median of ``--repeats`` processes, and its own peak RSS (VmHWM: ``ru_maxrss`` would
+  report the benchmark's, inherited across the fork);
 * ``enrol 1``: one more real photo enrolled (``enrol_image``), with what the save wrote;
 * ``erase 1``: one synthetic subject (4 templates) erased through the one erasure path;
 * ``search``: end to end through the warm service (decode, detect, embed, index, re-check,
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 FACELEDGER = Path(sys.executable).with_name("faceledger")
 
 OPEN_SNIPPET = r"""
-import json, resource, sys, time
+import json, sys, time
 t = time.perf_counter()
 from faceledger.config import Settings
 from faceledger.services.container import build_services
@@ -49,7 +50,8 @@ t_services = time.perf_counter() - t
 n = svc.gallery.index.count()
 print(json.dumps({"open_s": time.perf_counter() - t, "services_s": t_services, "count": n,
                   "rebuilt": svc.gallery.last_reconcile.rebuilt,
-                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "maxrss_mib": int(next(line.split()[1] for line in open("/proc/self/status")
+                                         if line.startswith("VmHWM:"))) / 1024}))
 """
 
 

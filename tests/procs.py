@@ -18,10 +18,10 @@ FACELEDGER = Path(sys.executable).with_name("faceledger")
 # Runs the CLI in this interpreter after installing an audit hook that acts at the N-th
 # time a named crash point is reached: "kill" sends SIGKILL to itself (after writing the
 # pids of its worker processes to $FL_CHILDREN_FILE, if set); "run" runs a command (a JSON
-# list) to completion, then carries on. With $FL_MAXRSS_FILE set, writes its peak RSS
-# (KiB) there at exit.
+# list) to completion, then carries on. With $FL_MAXRSS_FILE set, writes its own peak RSS
+# (VmHWM, KiB) there at exit.
 LAUNCHER = r"""
-import atexit, json, multiprocessing, os, resource, signal, subprocess, sys
+import atexit, json, multiprocessing, os, signal, subprocess, sys
 point, count, action = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 del sys.argv[1:4]
 seen = [0]
@@ -42,9 +42,13 @@ def hook(event, args):
 if point != "-":
     sys.addaudithook(hook)
 rss = os.environ.get("FL_MAXRSS_FILE")
+def peak_kib():
+    # VmHWM: this process's own high-water mark. (ru_maxrss would carry the forking
+    # parent's: a test process bigger than the child would read its own size.)
+    with open("/proc/self/status") as fh:
+        return next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
 if rss:
-    atexit.register(lambda: open(rss, "w").write(
-        str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+    atexit.register(lambda: open(rss, "w").write(peak_kib()))
 sys.argv[0] = "faceledger"
 from faceledger.cli import main
 main()

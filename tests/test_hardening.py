@@ -561,3 +561,19 @@ def test_a_model_error_on_one_file_is_that_files_refusal(tmp_path: Path, lfw: Pa
     assert by_ref[names[1]].code == "processing_failed"
     assert by_ref[names[0]].status == by_ref[names[2]].status == "enrolled"
     svc.close()
+
+
+def test_a_childs_peak_rss_is_its_own_not_the_parents(tmp_path: Path) -> None:
+    """The memory tests compare peaks of fresh `faceledger` processes. A child's
+    ``ru_maxrss`` on Linux keeps the high-water mark of the process it was forked from, so
+    a test process holding more memory than the child ever uses would read its own size
+    twice and pass whatever the child did: the peak must be the child's own (VmHWM)."""
+    import numpy as np
+
+    ballast = np.ones(800 * 2**20 // 8)  # 800 MiB held by this process while the child runs
+    home = tmp_path / "home"
+    rss = tmp_path / "rss"
+    proc = run_at(home, "-", 0, "kill", "--help", FL_MAXRSS_FILE=str(rss))
+    assert proc.returncode == 0, proc.stderr
+    assert int(ballast[-1]) == 1
+    assert int(rss.read_text()) * 1024 < 400 * 2**20

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
                     "candidates re-ranked exactly: for galleries of ~1M templates and more, "
                     "served by a long-running server; docs/performance.md), or exact (NumPy, "
                     "the reference).")
+    change_log_keep: int = Field(
+        default=10_000, ge=1,
+        description="Positions of the gallery's change log kept behind what the index "
+                    "files reflect; a save deletes older rows once the log spans twice "
+                    "this. A process further behind reloads from the index files.")
 
     embedder: EmbedderName = Field(
         default="dlib+sface",

@@ -254,7 +254,7 @@ class Services:
         self.require_writable()
         self.check_single_space()
         return Gallery(self.home, self.settings.index_backend, self.dim, self.space,
-                       self.sessions, self.cipher)
+                       self.sessions, self.cipher, log_keep=self.settings.change_log_keep)
 
     @property
     def gallery(self) -> Gallery:
@@ -292,7 +292,7 @@ class Services:
         log.warning("store holds templates of %s, not the configured %s: opening its own "
                     "index for maintenance", space, self.space)
         gallery = Gallery(self.home, self.settings.index_backend, dim, space, self.sessions,
-                          self.cipher)
+                          self.cipher, log_keep=self.settings.change_log_keep)
         gallery.open()
         return gallery
 

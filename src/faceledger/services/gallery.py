@@ -27,6 +27,13 @@ rebuilt from it. How the two are kept in agreement (docs/reliability.md):
   another process's changes and two saves never mix.
 * Opening reads the manifest and the segments it names and replays the log after its
   ``seq``; it reads no template id from the records, only their count.
+* **The log is pruned** (``LOG_KEEP``, setting ``change_log_keep``): after a save, the rows
+  the files now reflect are deleted but the last ``log_keep`` positions, once the log
+  spans twice that, and ``gallery_log_mark`` records how far (the rows and the mark in one
+  transaction; an open finishes a prune a crash cut short). A process whose position is
+  behind the mark (a server idle while others enrolled thousands) reloads from the files,
+  which reflect at least the mark, then replays the rest. The mark, not a gap in ``seq``,
+  says rows are gone: PostgreSQL's sequences leave gaps of their own.
 * A file that cannot be used (missing, truncated, garbage, failing its seal, another
   space or dimension, an older format) is never fatal: the index is rebuilt from the
   records (logged) and the files replaced. ``rebuild`` never reads the old files.
@@ -52,14 +59,16 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import func, select
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from faceledger import errors
 from faceledger.faults import crash_point
 from faceledger.index.base import Allowed, Hits, VectorIndex, distinct, empty_hits
 from faceledger.index.factory import new_index
-from faceledger.store.models import GalleryChange, Template
+from faceledger.store.models import GalleryChange, GalleryLogMark, Template
 from faceledger.store.sealing import DataCipher
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,10 @@ _LEGACY_FILES = ("index.faiss", "index.npz")  # format 2: one file, rewritten wh
 _IN_CHUNK = 5000
 _PREFETCH = 2  # segments read ahead while one is added (each ~32 MiB while held)
 ORPHAN_GRACE_S = 600
+# The change log keeps the last LOG_KEEP positions behind what the index files reflect (a
+# process that far behind catches up from the log); a save prunes the rest once it spans
+# twice that. A process further behind than the mark reloads from the files instead.
+LOG_KEEP = 10_000
 
 
 class IndexFileError(ValueError):
@@ -104,9 +117,16 @@ class SaveReport:
     files_deleted: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    log_rows_pruned: int = 0
 
 
 _Segment = tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32]]
+
+
+def _pruned_through(session: Session) -> int:
+    """How far the change log has been pruned (0: never)."""
+    return int(session.scalar(select(GalleryLogMark.pruned_through)
+                              .where(GalleryLogMark.id == 1)) or 0)
 
 
 def vector_from_bytes(raw: bytes, dim: int) -> NDArray[np.float32]:
@@ -170,8 +190,11 @@ def _write_durably(path: Path, data: bytes, partial_point: str | None = None) ->
 
 class Gallery:
     def __init__(self, home: Path, backend: str, dim: int, space: str,
-                 sessions: sessionmaker[Session], cipher: DataCipher) -> None:
+                 sessions: sessionmaker[Session], cipher: DataCipher,
+                 log_keep: int = LOG_KEEP) -> None:
         self._home = home
+        self._log_keep = log_keep
+        self._lock_depth = 0  # the file lock is held by this process (nested use)
         self._cipher = cipher
         self._backend = backend
         self._dim = dim
@@ -210,12 +233,24 @@ class Gallery:
     # --- the inter-process lock ------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        """The inter-process lock; nested use in this process (a replay that must reload
+        from the files while a save holds it) does not lock again. Mutations of one
+        process's gallery are serialised by its ``gallery_lock``."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         self._home.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._home / "index.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
             yield
         finally:
+            self._lock_depth = 0
             os.close(fd)  # releases the lock
 
     # --- membership, kept per segment --------------------------------------------------------
@@ -315,6 +350,7 @@ class Gallery:
                 self._save_locked()
             else:
                 self._delete_unreferenced(manifest)
+                self._prune_log()  # a prune that a crash cut short, or never ran
         orphans = self._delete_orphan_images()
         self.last_reconcile = ReconcileReport(added, removed, report.replaced, report.rebuilt,
                                               report.reason, orphans)
@@ -418,8 +454,11 @@ class Gallery:
 
     # --- the records -----------------------------------------------------------------------
     def _log_head(self) -> int:
+        """The latest log position: the last row's, or the pruning mark if no row is left
+        after it."""
         with self._sessions() as session:
-            return int(session.scalar(select(func.max(GalleryChange.seq))) or 0)
+            last = int(session.scalar(select(func.max(GalleryChange.seq))) or 0)
+            return max(last, _pruned_through(session))
 
     def _record_count(self) -> int:
         with self._sessions() as session:
@@ -449,7 +488,13 @@ class Gallery:
         return keys, vecs, np.asarray([found[int(k)][1] for k in keys], dtype=np.int32)
 
     def _replay(self) -> tuple[int, int]:
-        """Apply the change log after ``applied_seq``. Returns (added, removed)."""
+        """Apply the change log after ``applied_seq``. Returns (added, removed). If the
+        rows after it were pruned (this process fell far behind), reload from the index
+        files first: they reflect at least the pruning mark."""
+        with self._sessions() as session:
+            behind = self.applied_seq < _pruned_through(session)
+        if behind:
+            self._reload()
         with self._sessions() as session:
             rows = session.execute(
                 select(GalleryChange.seq, GalleryChange.template_id, GalleryChange.op)
@@ -473,10 +518,42 @@ class Gallery:
             self.applied_seq = int(rows[-1][0])
         return added, removed
 
+    def _reload(self) -> None:
+        log.warning("the change log was pruned past this process's position %d: reloading "
+                 "the index from its files", self.applied_seq)
+        with self._lock():
+            try:
+                self._load()
+            except IndexFileError as exc:
+                log.warning("index files not usable (%s): rebuilding from the records", exc)
+                self._rebuild_in_memory()
+
+    def _prune_log(self) -> int:
+        """Delete the log rows that the files just saved reflect, but the last
+        ``log_keep`` positions, once there are twice that many; returns how many went.
+        One transaction: the rows and the mark move together."""
+        with self._sessions() as session, session.begin():
+            mark = _pruned_through(session)
+            if self.saved_seq - mark < 2 * self._log_keep:
+                return 0
+            through = self.saved_seq - self._log_keep
+            result = cast(CursorResult[Any], session.execute(
+                sa_delete(GalleryChange).where(GalleryChange.seq <= through)))
+            gone = result.rowcount or 0
+            crash_point("index.prune.before_commit")
+            if session.get(GalleryLogMark, 1) is None:
+                session.add(GalleryLogMark(id=1, pruned_through=through))
+            else:
+                session.execute(update(GalleryLogMark).where(GalleryLogMark.id == 1)
+                                .values(pruned_through=through))
+        log.info("change log pruned through %d (%d rows)", through, gone)
+        return int(gone)
+
     def _rebuild_in_memory(self) -> None:
         self._reset()
         with self._sessions() as session:
-            head = int(session.scalar(select(func.max(GalleryChange.seq))) or 0)
+            head = max(int(session.scalar(select(func.max(GalleryChange.seq))) or 0),
+                       _pruned_through(session))
             ids = self._template_ids(session)
             for start in range(0, len(ids), SPAN):
                 self._add(*self._vectors(session, ids[start:start + SPAN]))
@@ -576,7 +653,9 @@ class Gallery:
         self.saved_seq = self.applied_seq
         crash_point("index.save.after_rename")
         deleted = self._delete_unreferenced(manifest)
-        self.last_save = SaveReport(written, deleted, size, time.perf_counter() - started)
+        pruned = self._prune_log()
+        self.last_save = SaveReport(written, deleted, size, time.perf_counter() - started,
+                                    pruned)
 
     def _delete_orphan_images(self) -> int:
         if not self.images_dir.is_dir():

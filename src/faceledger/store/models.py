@@ -226,6 +226,19 @@ class GalleryChange(Base):
     op: Mapped[str] = mapped_column(String(8))
 
 
+class GalleryLogMark(Base):
+    """One row: the change log has been pruned through ``pruned_through`` (rows with a
+    smaller or equal ``seq`` are gone). Pruning only ever goes up to a position the index
+    files on disk already reflect, so a process whose index is behind the mark reloads
+    from those files rather than replay rows that are gone. A mark, not a gap in the log:
+    PostgreSQL's sequences leave gaps of their own."""
+
+    __tablename__ = "gallery_log_mark"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pruned_through: Mapped[int] = mapped_column(Integer)
+
+
 class User(Base):
     """A person or service account of the service. ``roles``: admin, steward,
     investigator, reviewer, auditor (several allowed). ``password_hash``: argon2id, for

@@ -186,3 +186,20 @@ def test_filtered_search_returns_only_allowed_ids(backend: str,
         order = np.argsort(-brute[q])[:10]
         assert list(hits.ids[q]) == list(ids[keep][order])
     assert (index.search(queries, 5, Allowed.of(np.zeros(0, np.int64))).ids == -1).all()
+
+
+@pytest.mark.parametrize("backend", ["faiss-flat", "faiss-pq-refine", "exact"])
+def test_reserving_room_keeps_what_is_held_and_adds_as_before(backend: str) -> None:
+    rng = np.random.default_rng(12)
+    first, more = _unit(rng, 50), _unit(rng, 30)
+    index = new_index(backend, DIM)
+    index.add(np.arange(1, 51, dtype=np.int64), first)
+    index.reserve(10_000)
+    index.reserve(10)  # smaller than held: nothing changes
+    assert index.count() == 50
+    np.testing.assert_array_equal(index.vectors(np.arange(1, 51, dtype=np.int64)), first)
+    index.add(np.arange(100, 130, dtype=np.int64), more)
+    assert index.count() == 80
+    hits = index.search(more[:5], 1)
+    assert list(hits.ids[:, 0]) == list(range(100, 105))
+    np.testing.assert_array_equal(index.vectors(np.arange(1, 51, dtype=np.int64)), first)

@@ -54,6 +54,9 @@ class ExactIndex:
             hits.scores[row, :take] = scores[row, order]
         return hits
 
+    def reserve(self, total: int) -> None:
+        """Nothing to reserve: the reference keeps plain arrays."""
+
     def warm(self) -> None:
         """Nothing to build: exact search."""
 

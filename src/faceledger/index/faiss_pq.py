@@ -124,6 +124,9 @@ class FaissPQRefineIndex:
             hits.scores[row, :take] = scores[order]
         return hits
 
+    def reserve(self, total: int) -> None:
+        self._flat.reserve(total)
+
     def warm(self) -> None:
         if self._pq is None and self.count() >= self._train_at:
             self.build()

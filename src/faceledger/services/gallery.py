@@ -385,6 +385,7 @@ class Gallery:
             raise IndexFileError("its change-log position is not this store's")
         self._reset()
         entries = manifest["segments"]
+        self.index.reserve(sum(int(e.get("count", 0)) for e in entries.values()))
         keys = iter(sorted(entries, key=int))
         # Reading and opening the next segments (file I/O and AES-GCM, which release the
         # GIL) overlaps with adding this one to the index; at most _PREFETCH are held.
@@ -509,6 +510,7 @@ class Gallery:
             removed = self._remove(np.asarray(sorted(removes), dtype=np.int64))
             want = np.asarray(sorted(adds - removes), dtype=np.int64)
             want = want[~self._held(want)]
+            self.index.reserve(self.index.count() + len(want))
             added = 0
             # A span at a time: a process far behind (another one enrolled a million
             # templates) never holds all their vectors at once. _vectors skips the ids
@@ -555,6 +557,7 @@ class Gallery:
             head = max(int(session.scalar(select(func.max(GalleryChange.seq))) or 0),
                        _pruned_through(session))
             ids = self._template_ids(session)
+            self.index.reserve(len(ids))
             for start in range(0, len(ids), SPAN):
                 self._add(*self._vectors(session, ids[start:start + SPAN]))
         self._rewrite_all = True

@@ -94,14 +94,7 @@ def main() -> None:
                 top = ids[np.argsort(-(x[ids] @ q))[:10]]
                 lat.append((time.perf_counter() - t0) * 1000)
                 hit.append(len(set(top.tolist()) & set(exact[i].tolist())) / 10)
-            row = {"n": len(x), "sub_quantisers": m, "bytes_per_code": m // 2,
-                   "candidates": depth, "p50_ms": round(float(np.median(lat)), 2),
-                   "p95_ms": round(float(np.percentile(lat, 95)), 2),
-                   "recall@10": round(float(np.mean(hit)), 4),
-                   "recall@10_mated": round(float(np.mean(hit[:half])), 4),
-                   "build_s": round(build, 1)}
-            print(row, flush=True)
-            rows.append(row)
+            rows.append(_row(len(x), m, depth, lat, hit, half, build))
         del pq
     when = datetime.now(UTC).isoformat(timespec="seconds")
     out = REPO / "benchmarks" / "results"

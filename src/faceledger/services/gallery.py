@@ -60,7 +60,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -110,8 +110,8 @@ class ReconcileReport:
 
 @dataclass(frozen=True, slots=True)
 class SaveReport:
-    """What the last save wrote: segment files written, files deleted, bytes written, and
-    how long it took (catching up with the log included)."""
+    """What the last save wrote: segment files written, files deleted, bytes written, how
+    long it took (catching up with the log included), and change-log rows pruned."""
 
     segments_written: int = 0
     files_deleted: int = 0
@@ -127,6 +127,13 @@ def _pruned_through(session: Session) -> int:
     """How far the change log has been pruned (0: never)."""
     return int(session.scalar(select(GalleryLogMark.pruned_through)
                               .where(GalleryLogMark.id == 1)) or 0)
+
+
+def _log_head(session: Session) -> int:
+    """The latest log position: the last row's, or the pruning mark if no row is left
+    after it."""
+    last = int(session.scalar(select(func.max(GalleryChange.seq))) or 0)
+    return max(last, _pruned_through(session))
 
 
 def vector_from_bytes(raw: bytes, dim: int) -> NDArray[np.float32]:
@@ -455,11 +462,8 @@ class Gallery:
 
     # --- the records -----------------------------------------------------------------------
     def _log_head(self) -> int:
-        """The latest log position: the last row's, or the pruning mark if no row is left
-        after it."""
         with self._sessions() as session:
-            last = int(session.scalar(select(func.max(GalleryChange.seq))) or 0)
-            return max(last, _pruned_through(session))
+            return _log_head(session)
 
     def _record_count(self) -> int:
         with self._sessions() as session:
@@ -493,10 +497,8 @@ class Gallery:
         rows after it were pruned (this process fell far behind), reload from the index
         files first: they reflect at least the pruning mark."""
         with self._sessions() as session:
-            behind = self.applied_seq < _pruned_through(session)
-        if behind:
-            self._reload()
-        with self._sessions() as session:
+            if self.applied_seq < _pruned_through(session):
+                self._reload()
             rows = session.execute(
                 select(GalleryChange.seq, GalleryChange.template_id, GalleryChange.op)
                 .where(GalleryChange.seq > self.applied_seq)
@@ -522,7 +524,7 @@ class Gallery:
 
     def _reload(self) -> None:
         log.warning("the change log was pruned past this process's position %d: reloading "
-                 "the index from its files", self.applied_seq)
+                    "the index from its files", self.applied_seq)
         with self._lock():
             try:
                 self._load()
@@ -543,19 +545,14 @@ class Gallery:
                 sa_delete(GalleryChange).where(GalleryChange.seq <= through)))
             gone = result.rowcount or 0
             crash_point("index.prune.before_commit")
-            if session.get(GalleryLogMark, 1) is None:
-                session.add(GalleryLogMark(id=1, pruned_through=through))
-            else:
-                session.execute(update(GalleryLogMark).where(GalleryLogMark.id == 1)
-                                .values(pruned_through=through))
+            session.merge(GalleryLogMark(id=1, pruned_through=through))
         log.info("change log pruned through %d (%d rows)", through, gone)
         return int(gone)
 
     def _rebuild_in_memory(self) -> None:
         self._reset()
         with self._sessions() as session:
-            head = max(int(session.scalar(select(func.max(GalleryChange.seq))) or 0),
-                       _pruned_through(session))
+            head = _log_head(session)
             ids = self._template_ids(session)
             self.index.reserve(len(ids))
             for start in range(0, len(ids), SPAN):

@@ -123,8 +123,8 @@ class _Reader:
         return got
 
     @property
-    def at_end(self) -> bool:
-        return self.pos == len(self._data)
+    def remaining(self) -> int:
+        return len(self._data) - self.pos
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +273,8 @@ def _parse(r: _Reader) -> ParsedNet:
         elif version == 2:
             r.read_tensor()  # params_grad
         layers.append(ParsedLayer(spec[0], spec[1] if spec[0] == "add" else 0, params))
-    if not r.at_end:
-        raise ValueError(f"{len(r._data) - r.pos} bytes left after the network")
+    if r.remaining:
+        raise ValueError(f"{r.remaining} bytes left after the network")
     return ParsedNet(means, layers)
 
 

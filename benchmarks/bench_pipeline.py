@@ -135,13 +135,15 @@ def main() -> None:
     args = ap.parse_args()
     import cv2
     import dlib
+    import onnxruntime
 
     embedders = ["dlib+sface", "dlib"] if args.embedder == "all" else [args.embedder]
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform(), "dlib": dlib.__version__,
-                    "dlib_resnet_runtime": "opencv-dnn", "opencv": cv2.__version__},
+                    "dlib_resnet_runtime": f"onnxruntime {onnxruntime.__version__}",
+                    "opencv": cv2.__version__},
         "runs": [{"stages": stage_times(args.images, e, d),
                   **enrol_and_search(args.enrol, args.searches, e, d)}
                  for e in embedders for d in args.detector],

@@ -25,9 +25,11 @@ from faceledger.vision.pipeline import PipelineConfig
 def _provenance(config: PipelineConfig) -> dict[str, Any]:
     import cv2
     import dlib
+    import onnxruntime
 
     return {"faceledger": __version__, "dlib": dlib.__version__,
-            "dlib_resnet_runtime": "opencv-dnn", "opencv": cv2.__version__,
+            "dlib_resnet_runtime": f"onnxruntime {onnxruntime.__version__}",
+            "opencv": cv2.__version__,
             "embedder": config.embedder, "space": embedder_spec(config.embedder).space,
             "detector": config.detector, "upsample": config.upsample,
             "no_face_fallback": "dlib-cnn-mmod" if config.detector == "hog+cnn" else None,

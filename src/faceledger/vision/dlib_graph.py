@@ -1,12 +1,14 @@
-"""dlib's ResNet face descriptor, run by OpenCV's dnn instead of dlib.
+"""dlib's ResNet face descriptor, run by ONNX Runtime instead of dlib.
 
 ``dlib_face_recognition_resnet_model_v1.dat`` is read from dlib's own serialisation format
 (the checked bytes, no dlib needed) and rewritten as an in-memory ONNX graph of the same
-network (``dlib/tools/python/src/face_recognition.cpp``'s ``anet_type``), which OpenCV runs.
-The descriptors match dlib's to < 1e-6 (``tests/test_dlib_graph.py`` compares them on LFW
-chips with dlib's own ``face_recognition_model_v1``) and take ~15 ms a chip on one core
-against ~18 ms for dlib compiled against OpenBLAS and ~80 ms for the prebuilt ``dlib-bin``
-wheel that faceledger installs: so no compiler and no BLAS build are needed.
+network (``dlib/tools/python/src/face_recognition.cpp``'s ``anet_type``), which ONNX
+Runtime's CPU kernels run. The descriptors match dlib's to < 1e-6
+(``tests/test_dlib_graph.py`` compares them on LFW chips with dlib's own
+``face_recognition_model_v1``) and take ~4 ms a chip on one core, against ~11-13 ms for the
+same graph on OpenCV's dnn, ~16 ms for dlib compiled against OpenBLAS and ~90 ms for the
+prebuilt ``dlib-bin`` wheel that faceledger installs (``benchmarks/bench_dlib_runtime.py``):
+so no compiler and no BLAS build are needed.
 
 dlib's format, as far as this network uses it: integers are a control byte (low 4 bits:
 byte count, bit 7: sign) and that many little-endian bytes; a float is an integer mantissa
@@ -417,15 +419,24 @@ def onnx_model(net: ParsedNet) -> bytes:
 
 
 class DlibResNetNet:
-    """The network on OpenCV's dnn: ``descriptors`` of 150x150 RGB uint8 chips, as dlib's
-    ``face_recognition_model_v1.compute_face_descriptor`` would return them."""
+    """The network on ONNX Runtime: ``descriptors`` of 150x150 RGB uint8 chips, as dlib's
+    ``face_recognition_model_v1.compute_face_descriptor`` would return them. ``threads``:
+    ONNX Runtime's threads for one call (0: one per core); they sleep between calls
+    instead of spinning, so an idle server or a waiting worker costs no CPU."""
 
-    def __init__(self, model: bytes) -> None:
-        import cv2
+    def __init__(self, model: bytes, threads: int = 0) -> None:
+        import onnxruntime
 
         net = parse_resnet(model)
         self._means = np.asarray(net.channel_means, dtype=np.float32)
-        self._net: Any = cv2.dnn.readNetFromONNX(np.frombuffer(onnx_model(net), np.uint8))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(0, threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: it raises them anyway
+        self._session: Any = onnxruntime.InferenceSession(
+            onnx_model(net), options, providers=["CPUExecutionProvider"])
 
     def descriptors(self, chips: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         batch = np.stack(chips).astype(np.float32)
@@ -433,6 +444,5 @@ class DlibResNetNet:
             raise ValueError(f"chips must be {INPUT_SIZE}x{INPUT_SIZE} RGB, "
                              f"got {batch.shape[1:]}")
         blob = np.ascontiguousarray(((batch - self._means) / 256.0).transpose(0, 3, 1, 2))
-        self._net.setInput(blob, "input")
-        out = np.asarray(self._net.forward(), dtype=np.float32)
+        out = np.asarray(self._session.run(None, {"input": blob})[0], dtype=np.float32)
         return out.reshape(len(chips), DESCRIPTOR_DIM)

@@ -70,22 +70,18 @@ def dlib_space(flip: bool) -> str:
 
 class DlibResNetEmbedder:
     """dlib_face_recognition_resnet_model_v1: a 29-layer ResNet, 128-d, on dlib's 150x150
-    chip, run by OpenCV's dnn from the checked weights (``dlib_graph``: the same network,
+    chip, run by ONNX Runtime from the checked weights (``dlib_graph``: the same network,
     descriptors within 1e-6 of dlib's own). With ``flip``, each face is also embedded
     mirrored and the two averaged (2x cost; for dlib alone, development FNIR at FPIR 1%
-    0.489 -> 0.409: docs/evaluation.md). ``threads`` > 0 caps OpenCV's threads for this
-    process (one per ingest worker)."""
+    0.489 -> 0.409: docs/evaluation.md). ``threads`` > 0 caps its threads (one per ingest
+    worker)."""
 
     dim = 128
 
     def __init__(self, model: bytes, flip: bool = False, threads: int = 0) -> None:
-        import cv2
-
         from faceledger.vision.dlib_graph import DlibResNetNet
 
-        if threads > 0:
-            cv2.setNumThreads(threads)
-        self._net = DlibResNetNet(model)
+        self._net = DlibResNetNet(model, threads)
         self.flip = flip
         self.space = dlib_space(flip)
 

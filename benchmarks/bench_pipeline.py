@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,14 +136,13 @@ def main() -> None:
     args = ap.parse_args()
     import cv2
     import dlib
-    import onnxruntime
 
     embedders = ["dlib+sface", "dlib"] if args.embedder == "all" else [args.embedder]
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "platform": platform.platform(), "dlib": dlib.__version__,
-                    "dlib_resnet_runtime": f"onnxruntime {onnxruntime.__version__}",
+                    "dlib_resnet_runtime": f"onnxruntime {version('onnxruntime')}",
                     "opencv": cv2.__version__},
         "runs": [{"stages": stage_times(args.images, e, d),
                   **enrol_and_search(args.enrol, args.searches, e, d)}

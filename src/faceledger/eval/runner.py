@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,9 @@ from faceledger.vision.pipeline import PipelineConfig
 def _provenance(config: PipelineConfig) -> dict[str, Any]:
     import cv2
     import dlib
-    import onnxruntime
 
     return {"faceledger": __version__, "dlib": dlib.__version__,
-            "dlib_resnet_runtime": f"onnxruntime {onnxruntime.__version__}",
+            "dlib_resnet_runtime": f"onnxruntime {version('onnxruntime')}",
             "opencv": cv2.__version__,
             "embedder": config.embedder, "space": embedder_spec(config.embedder).space,
             "detector": config.detector, "upsample": config.upsample,

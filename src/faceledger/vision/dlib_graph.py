@@ -436,8 +436,9 @@ class DlibResNetNet:
     instead of spinning, so an idle server or a waiting worker costs no CPU."""
 
     def __init__(self, model: bytes, threads: int = 0) -> None:
-        import onnxruntime
+        from faceledger.vision.onnx_runtime import onnxruntime as load
 
+        onnxruntime = load()
         net = parse_resnet(model)
         self._means = np.asarray(net.channel_means, dtype=np.float32)
         options = onnxruntime.SessionOptions()

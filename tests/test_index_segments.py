@@ -256,3 +256,30 @@ def test_catching_up_with_a_long_change_log_holds_one_span_of_vectors_at_a_time(
         assert check["agree"] and check["templates"] == n + 2, (attempt, check)
         peaks.append(int(rss.read_text()) * 1024)
     assert peaks[0] - peaks[1] < 60 * 10**6, peaks
+
+
+def test_opening_into_a_reused_buffer_gives_what_open_gives(tmp_path: Path) -> None:
+    """The open reads each segment into buffers it reuses (``DataCipher.open_into``): the
+    same plaintext as ``open`` for sealed and for unsealed (pre-encryption) data, with a
+    buffer too small grown and a larger one reused from its start; an altered blob or a
+    missing key is refused as ``open`` refuses it."""
+    from faceledger import errors
+    from faceledger.store.sealing import DataCipher
+
+    (tmp_path / "home").mkdir()
+    cipher = Keyring(tmp_path / "keys", tmp_path / "home").cipher(create=True)
+    data = np.random.default_rng(1).bytes(100_000)
+    sealed = cipher.seal(data, "index")
+    big = bytearray(200_000)
+    for blob in (sealed, data):
+        for out in (bytearray(10), big):
+            got = cipher.open_into(memoryview(bytearray(blob)), "index", out)
+            assert bytes(got) == cipher.open(blob, "index") == data
+    tampered = bytearray(sealed)
+    tampered[-100] ^= 1
+    with pytest.raises(errors.StoreCorrupt):
+        cipher.open_into(tampered, "index", big)
+    with pytest.raises(errors.StoreCorrupt):
+        cipher.open_into(sealed, "segment", big)  # sealed for another kind
+    with pytest.raises(errors.DataKeyMissing):
+        DataCipher({}, "00" * 8).open_into(sealed, "index", big)

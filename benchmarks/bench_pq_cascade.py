@@ -37,8 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_index_scale import DIM, Model, load_real  # noqa: E402
-from benchmarks.bench_pq_variants import exact_top10, read_bandwidth  # noqa: E402
+from benchmarks.bench_index_scale import DIM  # noqa: E402
+from benchmarks.bench_pq_variants import read_bandwidth, synthetic_case  # noqa: E402
 
 
 def main() -> None:
@@ -54,18 +54,8 @@ def main() -> None:
                     help="for an IVF key: the share of its lists scanned (nprobe / nlist)")
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
-    real, labels, _ = load_real(Path.home() / ".cache" / "faceledger" / "eval", 0,
-                                REPO.parent / "shared" / "data" / "lfw")
-    model = Model(real, labels)
-    rng = np.random.default_rng(args.seed)
-    x, _, centres = model.gallery(args.size, rng)
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x, queries, exact, sample = synthetic_case(args.size, args.probes, args.seed, args.train)
     half = args.probes // 2
-    mated = model.templates(centres[rng.choice(len(centres), half, replace=False)], rng)
-    queries = np.ascontiguousarray(np.vstack([mated, model.templates(
-        model.centres(args.probes - half, rng), rng)]), dtype=np.float32)
-    exact = exact_top10(x, queries)
-    sample = x[rng.choice(len(x), min(len(x), args.train), replace=False)]
     bandwidth = read_bandwidth()
     rows = []
     for key in args.codes:

@@ -54,6 +54,26 @@ def exact_top10(x: np.ndarray, queries: np.ndarray, chunk: int = 1_000_000) -> n
     return best_i
 
 
+def synthetic_case(size: int, probes: int, seed: int, train: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic gallery of ``size`` (real LFW templates of the default space give the
+    spread), ``probes`` probes (the first half mated), their exact top 10, and a training
+    sample of ``train`` templates; seeded, so every benchmark that uses it sees the same."""
+    real, labels, _ = load_real(Path.home() / ".cache" / "faceledger" / "eval", 0,
+                                REPO.parent / "shared" / "data" / "lfw")
+    model = Model(real, labels)
+    rng = np.random.default_rng(seed)
+    x, _, centres = model.gallery(size, rng)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    half = probes // 2
+    mated = model.templates(centres[rng.choice(len(centres), half, replace=False)], rng)
+    queries = np.ascontiguousarray(np.vstack([mated, model.templates(
+        model.centres(probes - half, rng), rng)]), dtype=np.float32)
+    exact = exact_top10(x, queries)
+    sample = x[rng.choice(len(x), min(len(x), train), replace=False)]
+    return x, queries, exact, sample
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1_000_000)
@@ -63,18 +83,8 @@ def main() -> None:
     ap.add_argument("--only-shards", action="store_true")
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
-    real, labels, _ = load_real(Path.home() / ".cache" / "faceledger" / "eval", 0,
-                                REPO.parent / "shared" / "data" / "lfw")
-    model = Model(real, labels)
-    rng = np.random.default_rng(args.seed)
-    x, _, centres = model.gallery(args.size, rng)
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x, queries, exact, sample = synthetic_case(args.size, args.probes, args.seed, 65_536)
     half = args.probes // 2
-    mated = model.templates(centres[rng.choice(len(centres), half, replace=False)], rng)
-    queries = np.ascontiguousarray(np.vstack([mated, model.templates(
-        model.centres(args.probes - half, rng), rng)]), dtype=np.float32)
-    exact = exact_top10(x, queries)
-    sample = x[rng.choice(len(x), min(len(x), 65_536), replace=False)]
     bandwidth = read_bandwidth()
     rows = []
     if args.shards > 1:

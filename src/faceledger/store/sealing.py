@@ -80,17 +80,11 @@ class DataCipher:
         kid = sealed_key_id(blob)
         if kid is None:
             return blob
-        key = self.keys.get(kid)
-        if key is None:
-            raise errors.DataKeyMissing(
-                f"data sealed under key {kid} cannot be read: that key is not in the keys "
-                "folder (restore it, or set FACELEDGER_DATA_KEY)")
         nonce = blob[len(MAGIC) + _ID_LEN:HEADER_LEN]
         try:
-            return AESGCM(key).decrypt(nonce, blob[HEADER_LEN:], kind.encode())
+            return AESGCM(self._key(kid)).decrypt(nonce, blob[HEADER_LEN:], kind.encode())
         except InvalidTag:
-            raise errors.StoreCorrupt(
-                f"a sealed {kind} failed its integrity check (altered or damaged)") from None
+            raise _altered(kind) from None
 
     def open_into(self, blob: bytes | bytearray | memoryview, kind: str, out: bytearray
                   ) -> memoryview:
@@ -107,21 +101,28 @@ class DataCipher:
         if kid is None:
             target[:] = view
             return target
+        try:
+            AESGCM(self._key(kid)).decrypt_into(bytes(view[len(MAGIC) + _ID_LEN:HEADER_LEN]),
+                                                view[HEADER_LEN:], kind.encode(), target)
+        except InvalidTag:
+            raise _altered(kind) from None
+        return target
+
+    def _key(self, kid: str) -> bytes:
         key = self.keys.get(kid)
         if key is None:
             raise errors.DataKeyMissing(
                 f"data sealed under key {kid} cannot be read: that key is not in the keys "
                 "folder (restore it, or set FACELEDGER_DATA_KEY)")
-        try:
-            AESGCM(key).decrypt_into(bytes(view[len(MAGIC) + _ID_LEN:HEADER_LEN]),
-                                     view[HEADER_LEN:], kind.encode(), target)
-        except InvalidTag:
-            raise errors.StoreCorrupt(
-                f"a sealed {kind} failed its integrity check (altered or damaged)") from None
-        return target
+        return key
 
     def needs_reseal(self, blob: bytes) -> bool:
         return sealed_key_id(blob) != self.primary
+
+
+def _altered(kind: str) -> errors.StoreCorrupt:
+    return errors.StoreCorrupt(f"a sealed {kind} failed its integrity check (altered or "
+                               "damaged)")
 
 
 def _write_private(path: Path, data: bytes) -> None:

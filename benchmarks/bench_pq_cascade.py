@@ -23,11 +23,9 @@ writes JSON to benchmarks/results/pq-cascade-<date>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_index_scale import DIM  # noqa: E402
-from benchmarks.bench_pq_variants import read_bandwidth, synthetic_case  # noqa: E402
+from benchmarks.bench_pq_variants import (  # noqa: E402
+    read_bandwidth,
+    synthetic_case,
+    write_results,
+)
 
 
 def main() -> None:
@@ -80,12 +82,7 @@ def main() -> None:
                 rows += run(key, parts, x, queries, exact, args.depths, half, train_s, add_s,
                             lists_scanned=fraction)
             del parts
-    when = datetime.now(UTC).isoformat(timespec="seconds")
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"pq-cascade-{when[:19].replace(':', '')}.json").write_text(json.dumps(
-        {"when": when, "faiss": faiss.__version__, "args": vars(args), "rows": rows,
-         "memory_read": bandwidth}, indent=2))
+    write_results("pq-cascade", args, rows, bandwidth)
 
 
 def run(key: str, parts: list[Any], x: np.ndarray, queries: np.ndarray, exact: np.ndarray,

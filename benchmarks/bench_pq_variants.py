@@ -106,13 +106,19 @@ def main() -> None:
                 hit.append(len(set(top.tolist()) & set(exact[i].tolist())) / 10)
             rows.append(_row(len(x), m, depth, lat, hit, half, build))
         del pq
+    write_results("pq-variants", args, rows, bandwidth)
+
+
+def write_results(name: str, args: argparse.Namespace, rows: list[dict[str, object]],
+                  bandwidth: dict[str, float]) -> None:
+    """benchmarks/results/<name>-<UTC time>.json: the rows, the arguments, the machine's
+    read bandwidth and FAISS's version."""
     when = datetime.now(UTC).isoformat(timespec="seconds")
     out = REPO / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / f"pq-variants-{when[:19].replace(':', '')}.json").write_text(json.dumps(
+    (out / f"{name}-{when[:19].replace(':', '')}.json").write_text(json.dumps(
         {"when": when, "faiss": faiss.__version__, "args": vars(args), "rows": rows,
-         "memory_read": bandwidth},
-        indent=2))
+         "memory_read": bandwidth}, indent=2))
 
 
 def read_bandwidth(nbytes: int = 640_000_000) -> dict[str, float]:

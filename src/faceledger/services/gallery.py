@@ -153,12 +153,17 @@ def encode_segment(ids: NDArray[np.int64], vectors: NDArray[np.float32],
                      np.ascontiguousarray(sources, dtype="<i4").tobytes()))
 
 
+def segment_size(n: int, dim: int) -> int:
+    """The length of the plaintext of a segment of ``n`` templates (``encode_segment``)."""
+    return len(_SEGMENT_MAGIC) + 8 + n * (8 + dim * 4 + 4)
+
+
 def decode_segment(plain: bytes | memoryview, dim: int) -> _Segment:
     head = len(_SEGMENT_MAGIC) + 8
     if plain[:len(_SEGMENT_MAGIC)] != _SEGMENT_MAGIC or len(plain) < head:
         raise ValueError("not a segment")
     n = int.from_bytes(plain[len(_SEGMENT_MAGIC):head], "little")
-    if len(plain) != head + n * (8 + dim * 4 + 4):
+    if len(plain) != segment_size(n, dim):
         raise ValueError("segment length does not match its count")
     ids = np.frombuffer(plain, dtype="<i8", count=n, offset=head).astype(np.int64)
     vecs = np.frombuffer(plain, dtype="<f4", count=n * dim, offset=head + n * 8)
@@ -402,7 +407,7 @@ class Gallery:
         # bytes). Segment k is opened into plain[k % len(plain)]: the next use of that
         # buffer is submitted only after segment k has been added to the index.
         largest = max((int(e.get("count", 0)) for e in entries.values()), default=0)
-        room = len(_SEGMENT_MAGIC) + 8 + largest * (12 + 4 * self._dim) + SEALING_OVERHEAD
+        room = segment_size(largest, self._dim) + SEALING_OVERHEAD
         plain = [bytearray(room) for _ in range(_PREFETCH + 1)]
         sealed = bytearray(room)  # the reading thread's, one file at a time
         submitted = 0

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, union
 from sqlalchemy.orm import Session, sessionmaker
 
 from faceledger import errors
@@ -326,9 +326,12 @@ class Services:
     def check_single_space(self) -> None:
         """Refuse to work on a store holding templates of another embedding space."""
         with self.sessions() as session:
-            others = session.scalars(
-                select(Template.space).where(Template.space != self.space).distinct()
-            ).all()
+            # Two range seeks on the space index, empty in a one-space store. (`!=`, or
+            # DISTINCT over an OR, walks the whole index one template at a time: ~15 s
+            # cold at 10M.)
+            others = session.scalars(union(
+                select(Template.space).where(Template.space < self.space),
+                select(Template.space).where(Template.space > self.space))).all()
         if others:
             raise errors.EmbeddingSpaceMismatch(
                 f"the store holds templates of embedding space(s) {sorted(others)}; this "

@@ -60,7 +60,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -496,9 +496,15 @@ class Gallery:
             return _log_head(session)
 
     def _record_count(self) -> int:
+        """The templates of this space: all templates less those of other spaces. A bare
+        count(*) is one instruction in SQLite (it counts the smallest index's pages); the
+        others are two range seeks, empty in a one-space store. (``count where space = ?``
+        walked the space index one template at a time: ~15 s cold at 10M.)"""
         with self._sessions() as session:
-            return int(session.scalar(select(func.count(Template.id))
-                                      .where(Template.space == self._space)) or 0)
+            total = session.scalar(select(func.count()).select_from(Template)) or 0
+            other = session.scalar(select(func.count()).select_from(Template).where(
+                or_(Template.space < self._space, Template.space > self._space))) or 0
+            return int(total) - int(other)
 
     def _template_ids(self, session: Session) -> NDArray[np.int64]:
         rows = session.scalars(select(Template.id).where(Template.space == self._space))

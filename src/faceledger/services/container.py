@@ -327,7 +327,7 @@ class Services:
         """Refuse to work on a store holding templates of another embedding space."""
         with self.sessions() as session:
             # Two range seeks on the space index, empty in a one-space store. (`!=`, or
-            # DISTINCT over an OR, walks the whole index one template at a time: ~15 s
+            # DISTINCT over an OR, walks the whole index one template at a time: ~28 s
             # cold at 10M.)
             others = session.scalars(union(
                 select(Template.space).where(Template.space < self.space),

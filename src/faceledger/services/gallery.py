@@ -499,7 +499,7 @@ class Gallery:
         """The templates of this space: all templates less those of other spaces. A bare
         count(*) is one instruction in SQLite (it counts the smallest index's pages); the
         others are two range seeks, empty in a one-space store. (``count where space = ?``
-        walked the space index one template at a time: ~15 s cold at 10M.)"""
+        walked the space index one template at a time: ~28 s cold at 10M.)"""
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(Template)) or 0
             other = session.scalar(select(func.count()).select_from(Template).where(

@@ -348,12 +348,12 @@ class Gallery:
                 report = ReconcileReport(rebuilt=True, reason=str(exc))
                 self._rebuild_in_memory()
             added, removed = self._replay()
-            count_ok = self.index.count() == self._record_count()
-            if not count_ok:
+            records = self._record_count()
+            if self.index.count() != records:
                 # Cannot happen while the log is complete; if it does (a store edited by
                 # hand, a bug), a full check by content decides.
                 log.warning("index holds %d templates, records %d: checking by content",
-                            self.index.count(), self._record_count())
+                            self.index.count(), records)
                 full = self._check_locked(repair=True)
                 added, removed = added + full.added, removed + full.removed
                 report = ReconcileReport(report.added, report.removed, full.replaced,
